@@ -1,0 +1,30 @@
+# dlinfer developer commands. `make run` serves the examples, `make test` runs the suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PLUGINS := $(sort $(wildcard plugins/dlinfer_*))
+PORT ?= 8000
+
+.PHONY: install run test lint examples clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements-dev.txt -e . $(foreach p,$(PLUGINS),-e $(p))
+
+examples: install
+	$(BIN)/python examples/make_models.py examples/models
+
+run: examples
+	$(BIN)/dlinfer-core --config examples/node.toml --port $(PORT)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) examples/models build dist

@@ -1,0 +1,1 @@
+"""Built-in plugins: core behaviour registered through the public hooks."""

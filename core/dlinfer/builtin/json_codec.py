@@ -1,0 +1,217 @@
+"""Built-in plugin: the V2 JSON tensor codec.
+
+JSON is parsed with orjson straight into Python lists and turned into numpy
+in one ``np.asarray`` per tensor; outputs are written by orjson's native numpy
+serializer, so no per-element Python code runs on either side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import orjson
+
+from ..datatypes import element_count, numpy_dtype, v2_datatype
+from ..errors import InvalidInput
+from ..inference import (
+    InferenceRequest,
+    InferenceResponse,
+    InferInput,
+    RequestedOutput,
+)
+from ..plugins import hookimpl
+
+_INT_KINDS = "iu"
+_ORJSON_NATIVE = {"b", "i", "u", "f"}
+
+
+def _require(obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if key not in obj:
+        raise InvalidInput(f"{where}: missing '{key}'")
+    value = obj[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise InvalidInput(f"{where}: '{key}' must be {_kind_word(kind)}, got {type(value).__name__}")
+    return value
+
+
+def _kind_word(kind: type | tuple[type, ...]) -> str:
+    words = {str: "a string", list: "an array", dict: "an object", int: "an integer"}
+    if isinstance(kind, tuple):
+        return " or ".join(words.get(k, k.__name__) for k in kind)
+    return words.get(kind, kind.__name__)
+
+
+def _parameters(obj: Mapping[str, Any], where: str) -> dict[str, Any]:
+    params = obj.get("parameters", {})
+    if not isinstance(params, dict):
+        raise InvalidInput(f"{where}: 'parameters' must be an object")
+    return params
+
+
+def tensor_from_json(name: str, datatype: str, shape: list[int], data: Any) -> np.ndarray:
+    """A numpy array from a V2 JSON ``data`` field, strictly checked.
+
+    Floats are refused for integer tensors and out-of-range integers are
+    refused rather than wrapped, so a client mistake is an error, not a
+    silently different input.
+    """
+    where = f"input {name!r}"
+    dtype = numpy_dtype(datatype)
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise InvalidInput(f"{where}: 'shape' must be an array of non-negative integers, got {shape!r}")
+    expected = element_count(shape)
+    if datatype == "BYTES":
+        arr = _bytes_tensor(data, where)
+    else:
+        try:
+            arr = np.asarray(data)
+        except (ValueError, TypeError) as exc:
+            raise InvalidInput(f"{where}: 'data' is not a regular array: {exc}") from None
+        arr = _cast(arr, dtype, datatype, where)
+    if arr.size != expected:
+        raise InvalidInput(
+            f"{where}: shape {shape} needs {expected} elements, but 'data' has {arr.size}"
+        )
+    return arr.reshape(shape)
+
+
+def _cast(arr: np.ndarray, dtype: np.dtype, datatype: str, where: str) -> np.ndarray:
+    kind = arr.dtype.kind
+    if arr.size == 0:
+        return arr.astype(dtype)
+    if datatype == "BOOL":
+        if kind != "b":
+            raise InvalidInput(f"{where}: datatype BOOL needs true/false values, got {arr.dtype.name} data")
+        return arr
+    if dtype.kind in _INT_KINDS:
+        if kind not in _INT_KINDS and kind != "b":
+            raise InvalidInput(f"{where}: datatype {datatype} needs integers, got {_data_word(arr)}")
+        info = np.iinfo(dtype)
+        if arr.min() < info.min or arr.max() > info.max:
+            raise InvalidInput(f"{where}: value out of range for {datatype} ({info.min}..{info.max})")
+        return arr.astype(dtype, copy=False)
+    # floating point
+    if kind not in "iuf":
+        raise InvalidInput(f"{where}: datatype {datatype} needs numbers, got {_data_word(arr)}")
+    return arr.astype(dtype, copy=False)
+
+
+def _data_word(arr: np.ndarray) -> str:
+    return {"f": "floating-point numbers", "U": "strings", "b": "booleans", "O": "mixed values"}.get(
+        arr.dtype.kind, f"{arr.dtype.name} values"
+    )
+
+
+def _bytes_tensor(data: Any, where: str) -> np.ndarray:
+    flat = data
+    if isinstance(data, list) and data and isinstance(data[0], list):
+        try:
+            flat = np.asarray(data, dtype=object).ravel().tolist()
+        except ValueError as exc:
+            raise InvalidInput(f"{where}: 'data' is not a regular array: {exc}") from None
+    if not isinstance(flat, list) or not all(isinstance(s, str) for s in flat):
+        raise InvalidInput(f"{where}: datatype BYTES needs an array of strings")
+    out = np.empty(len(flat), dtype=object)
+    out[:] = [s.encode() for s in flat]
+    return out
+
+
+def decode_request(body: bytes) -> InferenceRequest:
+    """Parse a V2 JSON inference request body."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"malformed JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidInput("request body must be a JSON object")
+    raw_inputs = _require(doc, "inputs", list, "request")
+    if not raw_inputs:
+        raise InvalidInput("request: 'inputs' is empty")
+    inputs = []
+    for i, item in enumerate(raw_inputs):
+        where = f"inputs[{i}]"
+        if not isinstance(item, dict):
+            raise InvalidInput(f"{where}: must be an object")
+        name = _require(item, "name", str, where)
+        datatype = _require(item, "datatype", str, where)
+        shape = _require(item, "shape", list, where)
+        if "data" not in item:
+            raise InvalidInput(f"input {name!r}: missing 'data'")
+        data = tensor_from_json(name, datatype, shape, item["data"])
+        inputs.append(InferInput(name, datatype, tuple(shape), data, _parameters(item, where)))
+    outputs = []
+    for i, item in enumerate(doc.get("outputs") or []):
+        where = f"outputs[{i}]"
+        if not isinstance(item, dict):
+            raise InvalidInput(f"{where}: must be an object")
+        outputs.append(RequestedOutput(_require(item, "name", str, where), _parameters(item, where)))
+    req_id = doc.get("id")
+    if req_id is not None and not isinstance(req_id, str):
+        raise InvalidInput("request: 'id' must be a string")
+    return InferenceRequest(inputs, req_id, outputs, _parameters(doc, "request"))
+
+
+def _json_data(arr: np.ndarray) -> Any:
+    flat = np.ascontiguousarray(arr).reshape(-1)
+    if flat.dtype.kind in _ORJSON_NATIVE:
+        return flat
+    if flat.dtype.kind in "OSU":
+        return [_text(v) for v in flat.tolist()]
+    return flat.tolist()
+
+
+def _text(v: Any) -> str:
+    if isinstance(v, bytes):
+        return v.decode("utf-8", errors="replace")
+    return str(v)
+
+
+def encode_response(resp: InferenceResponse) -> bytes:
+    """Serialize a V2 JSON inference response."""
+    doc: dict[str, Any] = {
+        "model_name": resp.model_name,
+        "model_version": resp.model_version,
+        "outputs": [
+            {
+                "name": o.name,
+                "datatype": o.datatype or v2_datatype(o.data.dtype),
+                "shape": list(o.shape),
+                "data": _json_data(o.data),
+                **({"parameters": o.parameters} if o.parameters else {}),
+            }
+            for o in resp.outputs
+        ],
+    }
+    if resp.id is not None:
+        doc["id"] = resp.id
+    if resp.parameters:
+        doc["parameters"] = resp.parameters
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class JsonCodec:
+    """``application/json`` bodies (and bodies with no content type)."""
+
+    name = "json"
+    content_type = "application/json"
+
+    @staticmethod
+    def accepts(content_type: str, headers: Mapping[str, str]) -> bool:
+        return content_type in ("", "application/json", "text/plain", "application/octet-stream")
+
+    @staticmethod
+    def decode(body: bytes, headers: Mapping[str, str]) -> InferenceRequest:
+        return decode_request(body)
+
+    @staticmethod
+    def encode(response: InferenceResponse, request: InferenceRequest) -> tuple[bytes, dict[str, str]]:
+        return encode_response(response), {"Content-Type": "application/json"}
+
+
+@hookimpl
+def dlinfer_codecs() -> list[type]:
+    return [JsonCodec]

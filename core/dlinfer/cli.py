@@ -1,0 +1,160 @@
+"""``dlinfer-core``: serve models, list plugins, check a repository."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from . import __version__
+from .config import NodeConfig, load_node_config
+from .errors import ConfigError, DlinferError, PluginLoadError
+from .logs import setup_logging
+from .plugins import Plugins
+
+EPILOG = """\
+examples:
+  dlinfer-core --config node.toml                 serve the repository named in node.toml
+  dlinfer-core --model-repository ./models --port 9000
+  dlinfer-core plugins list                       show installed plugins and their hooks
+  dlinfer-core models --config node.toml          load every model once and report errors
+
+  curl -s localhost:8000/v2/models/mymodel/infer -d '{"inputs": [{"name": "x",
+       "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}'
+"""
+
+COMMANDS = ("serve", "plugins", "models")
+
+
+def _common() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--config", metavar="FILE", help="node.toml to read (default: built-in defaults)")
+    p.add_argument("--host", help="override server.host")
+    p.add_argument("--port", type=int, help="override server.http_port")
+    p.add_argument("--grpc-port", type=int, help="override server.grpc_port")
+    p.add_argument("--model-repository", metavar="DIR", help="override repository.path")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override logging.level")
+    return p
+
+
+def _config_from(ns: argparse.Namespace) -> NodeConfig:
+    repo = str(Path(ns.model_repository).resolve()) if ns.model_repository else None
+    return load_node_config(
+        ns.config,
+        **{
+            "server.host": ns.host,
+            "server.http_port": ns.port,
+            "server.grpc_port": ns.grpc_port,
+            "repository.path": repo,
+            "logging.level": ns.log_level,
+        },
+    )
+
+
+def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="dlinfer-core",
+        description="dlinfer: serve TensorFlow, PyTorch, Caffe and ONNX models over the KServe V2 protocol.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"dlinfer {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = sub.add_parser("serve", parents=[common], help="serve models (the default command)")
+    plugins_p = sub.add_parser("plugins", parents=[common], help="inspect plugins")
+    plugins_p.add_argument("action", choices=["list"], help="list installed plugins")
+    plugins_p.add_argument("--json", action="store_true", help="print JSON")
+    models = sub.add_parser("models", parents=[common], help="load each model once and report its state")
+    models.add_argument("--json", action="store_true", help="print JSON")
+    if plugins is not None:
+        plugins.hook.dlinfer_addoption(parser=serve)
+    return parser
+
+
+def _normalise(argv: list[str]) -> list[str]:
+    """``serve`` is the default command."""
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version")):
+        return ["serve", *argv]
+    return argv
+
+
+def cmd_plugins(plugins: Plugins, ns: argparse.Namespace) -> int:
+    infos = plugins.list()
+    if ns.json:
+        print(orjson.dumps([i.to_json() for i in infos], option=orjson.OPT_INDENT_2).decode())
+        return 0
+    rows = [(i.name, i.distribution, i.version, i.status, ", ".join(i.hooks) or i.error) for i in infos]
+    _table(("name", "distribution", "version", "status", "hooks"), rows)
+    return 0
+
+
+def cmd_models(config: NodeConfig, plugins: Plugins, ns: argparse.Namespace) -> int:
+    from .repository import ModelRepository
+
+    async def run() -> list[dict[str, Any]]:
+        repo = ModelRepository(config, plugins)
+        for name in repo.names():
+            try:
+                await repo.load(name)
+            except DlinferError:
+                pass  # the reason is in the index
+        index = repo.index()
+        await repo.close()
+        for row in index:
+            if row["reason"] == "unloaded":
+                row["state"], row["reason"] = "READY", ""
+        return index
+
+    plugins.check_registries()
+    index = asyncio.run(run())
+    if ns.json:
+        print(orjson.dumps(index, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(f"repository: {config.repository_path}")
+        _table(("model", "version", "state", "reason"),
+               [(r["name"], r.get("version", "-"), r["state"], r["reason"]) for r in index])
+    return 0 if all(r["state"] == "READY" for r in index) else 1
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [list(map(str, header)), *[[str(c) for c in r] for r in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for r in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _normalise(list(sys.argv[1:] if argv is None else argv))
+    try:
+        pre, _ = _common().parse_known_args(args[1:])
+        config = _config_from(pre)
+        setup_logging(config.logging.level, config.logging.format)
+        plugins = Plugins(config).load()
+        ns = build_parser(plugins).parse_args(args)
+        if ns.command == "plugins":
+            return cmd_plugins(plugins, ns)
+        if ns.command == "models":
+            return cmd_models(config, plugins, ns)
+        from .server import serve
+
+        asyncio.run(serve(config, plugins))
+        return 0
+    except (ConfigError, PluginLoadError) as exc:
+        print(f"dlinfer-core: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"dlinfer-core: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

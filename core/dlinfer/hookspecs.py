@@ -1,0 +1,221 @@
+"""Every hook a dlinfer plugin can implement.
+
+This module is the plugin-author API. A plugin is any module or object with
+functions named like these hooks and decorated with :data:`dlinfer.hookimpl`;
+it is found through the ``dlinfer.plugins`` entry-point group (or a
+``plugins_dir``). Built-in behaviour is registered through these same hooks.
+
+Catalogue hooks (``dlinfer_model_formats``, ``dlinfer_optimizers``,
+``dlinfer_balancers``, ``dlinfer_codecs``, ``dlinfer_processors``,
+``dlinfer_trt_plugins``) return lists of classes that each have a unique
+``name``. The core calls them once at start and builds one registry per hook;
+two classes with the same name are an error naming both distributions.
+
+Hook modules must stay light to import: import frameworks (torch, tensorflow,
+tensorrt) inside the functions that need them, never at module top.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import numpy as np
+    from aiohttp import web
+
+    from .config import NodeConfig
+    from .model import Loader, ModelConfig, Runner
+    from .repository import ModelRepository, ServedModel
+
+hookspec = pluggy.HookspecMarker("dlinfer")
+
+# --------------------------------------------------------------------------
+# Lifecycle
+# --------------------------------------------------------------------------
+
+
+@hookspec
+def dlinfer_addoption(parser: argparse.ArgumentParser) -> None:
+    """Add command-line options to ``dlinfer-core``.
+
+    Called once, after plugins are loaded and before the command line is parsed.
+    Parsed values reach plugins through ``dlinfer_configure``'s config only if
+    the plugin reads them from ``parser``'s namespace itself; most plugins should
+    prefer a ``[plugins.<name>]`` table in node.toml.
+    """
+
+
+@hookspec(historic=True)
+def dlinfer_configure(config: NodeConfig) -> None:
+    """Validate and take the node configuration.
+
+    Historic: a plugin registered late still receives the call. Raise
+    :class:`dlinfer.ConfigError` naming the file and key for a bad
+    ``[plugins.<name>]`` table; the node then exits with code 2.
+    """
+
+
+@hookspec
+def dlinfer_startup(app: web.Application) -> Any:
+    """Called when the HTTP application starts, before it accepts requests.
+
+    May return an awaitable; the core awaits every one returned. Use it to
+    open connections or start background tasks.
+    """
+
+
+@hookspec
+def dlinfer_shutdown(app: web.Application) -> Any:
+    """Called when the application stops, after in-flight requests finished.
+
+    May return an awaitable; the core awaits every one returned.
+    """
+
+
+# --------------------------------------------------------------------------
+# Loaders
+# --------------------------------------------------------------------------
+
+
+@hookspec
+def dlinfer_model_formats() -> list[type[Loader]]:
+    """Return loader classes (subclasses of :class:`dlinfer.Loader`).
+
+    Each declares ``name``, the ``formats`` it claims and ``detect(path)``.
+    A model whose config names no ``format`` goes to the first loader whose
+    ``detect`` claims its version folder.
+    """
+
+
+@hookspec(firstresult=True)
+def dlinfer_load_model(config: ModelConfig, path: Path, node_config: NodeConfig) -> Runner | None:
+    """Load one version folder of a model into a :class:`dlinfer.Runner`.
+
+    First non-None result wins. The core's own implementation runs last and
+    dispatches to the registered loaders; implement this only to take over
+    loading for some models (return None for the rest). Called in a worker
+    thread. Raise :class:`dlinfer.ModelLoadError` with the reason on failure.
+    """
+
+
+@hookspec
+def dlinfer_model_loaded(model: ServedModel) -> None:
+    """A model version became ready (after optimizers ran). Called on the event loop."""
+
+
+@hookspec
+def dlinfer_model_unloaded(name: str, version: int) -> None:
+    """A model version was unloaded and its memory released."""
+
+
+# --------------------------------------------------------------------------
+# Optimizers
+# --------------------------------------------------------------------------
+
+
+@hookspec
+def dlinfer_optimizers() -> list[type]:
+    """Return optimizer classes.
+
+    Each has ``name``, ``applies_to(model: ServedModel) -> bool`` and
+    ``optimize(model: ServedModel, options: dict) -> Runner``. A model's
+    ``optimize = [...]`` list runs them in order; each step's outputs are
+    compared with the step before and a step that changes numerics beyond
+    the model's tolerance is rejected with a logged reason.
+    """
+
+
+# --------------------------------------------------------------------------
+# TensorRT operator plugins
+# --------------------------------------------------------------------------
+
+
+@hookspec
+def dlinfer_trt_plugins() -> list[Any]:
+    """Return TensorRT operator plugins for custom ONNX ops.
+
+    Each item has a ``name`` and is either a plugin creator object (a TensorRT
+    ``IPluginCreatorV3One`` instance) or a path to a shared library that
+    registers creators. They are registered with TensorRT's plugin registry
+    before any ONNX model is parsed.
+    """
+
+
+# --------------------------------------------------------------------------
+# Load balancing
+# --------------------------------------------------------------------------
+
+
+@hookspec
+def dlinfer_balancers() -> list[type]:
+    """Return balancing strategy classes.
+
+    Each has ``name``, ``pick(model, candidates, request) -> node`` and
+    ``observe(node, outcome, latency_s)``. The gateway's config names one.
+    """
+
+
+# --------------------------------------------------------------------------
+# Protocol frontends and codecs
+# --------------------------------------------------------------------------
+
+
+@hookspec
+def dlinfer_routes(app: web.Application, repository: ModelRepository) -> None:
+    """Add HTTP endpoints to the node's aiohttp application.
+
+    Called once while the application is built. The V2 protocol itself is
+    added through this hook by a built-in plugin. Handlers must never block
+    the event loop: use ``ServedModel.infer`` (which runs in the model's pool).
+    """
+
+
+@hookspec
+def dlinfer_codecs() -> list[type]:
+    """Return request/response codec classes for the V2 HTTP endpoint.
+
+    Each has ``name``, ``accepts(content_type, headers) -> bool``,
+    ``decode(body, headers) -> InferenceRequest`` and
+    ``encode(response, request) -> (body, headers)``. The first codec whose
+    ``accepts`` is true for a request decodes it; JSON is built in.
+    """
+
+
+# --------------------------------------------------------------------------
+# Pre/post-processing
+# --------------------------------------------------------------------------
+
+
+@hookspec
+def dlinfer_processors() -> list[type]:
+    """Return processor classes a model config can name in ``preprocess`` or
+    ``postprocess``.
+
+    Each has ``name`` and ``__call__(tensors: dict[str, ndarray], config) ->
+    dict[str, ndarray]``; it runs in the model's worker thread.
+    """
+
+
+# --------------------------------------------------------------------------
+# Observability
+# --------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def dlinfer_infer(model: ServedModel, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run one (possibly batched) inference; called in the model's worker thread.
+
+    The core's implementation calls the model's runner. Implement it with
+    ``@hookimpl(wrapper=True)`` to time or trace every inference::
+
+        @hookimpl(wrapper=True)
+        def dlinfer_infer(model, inputs):
+            t0 = time.perf_counter()
+            outputs = yield
+            record(model.name, time.perf_counter() - t0)
+            return outputs
+    """

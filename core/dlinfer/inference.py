@@ -1,0 +1,56 @@
+"""Inference requests and responses, independent of the wire format.
+
+Codecs turn bytes into an :class:`InferenceRequest` and an
+:class:`InferenceResponse` into bytes; everything between works on numpy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import numpy as np
+
+
+@attrs.define
+class InferInput:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: np.ndarray
+    parameters: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.define
+class RequestedOutput:
+    name: str
+    parameters: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.define
+class InferenceRequest:
+    inputs: list[InferInput]
+    id: str | None = None
+    outputs: list[RequestedOutput] = attrs.field(factory=list)
+    parameters: dict[str, Any] = attrs.field(factory=dict)
+
+    def input_arrays(self) -> dict[str, np.ndarray]:
+        return {i.name: i.data for i in self.inputs}
+
+
+@attrs.define
+class InferOutput:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: np.ndarray
+    parameters: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.define
+class InferenceResponse:
+    model_name: str
+    model_version: str
+    outputs: list[InferOutput]
+    id: str | None = None
+    parameters: dict[str, Any] = attrs.field(factory=dict)

@@ -1,0 +1,168 @@
+"""What a model is to the core: its config, its tensors, the Runner a loader
+returns, and the Loader interface that backends implement.
+
+The Runner surface is deliberately tiny (``inputs``, ``outputs``, ``predict``,
+``close``): a backend plugin needs nothing else from the core.
+"""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import attrs
+import numpy as np
+
+from .datatypes import V2_TO_NUMPY
+from .settings import _Invalid, build, in_range, one_of
+
+if TYPE_CHECKING:
+    from .config import NodeConfig
+
+
+@attrs.frozen
+class TensorSpec:
+    """A named tensor: V2 datatype and full shape (-1 for a dynamic dimension,
+    including the batch dimension when the model batches)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@attrs.frozen
+class TensorConfig:
+    """An ``[[input]]`` or ``[[output]]`` entry of a model's config.toml.
+
+    ``shape`` excludes the batch dimension when ``max_batch_size > 0`` (as in Triton).
+    """
+
+    name: str
+    datatype: str = attrs.field(validator=one_of(*V2_TO_NUMPY))
+    shape: tuple[int, ...] = attrs.field(default=())
+
+    @shape.validator
+    def _check_shape(self, _attr: attrs.Attribute, value: tuple[int, ...]) -> None:
+        if any(d < -1 or d == 0 for d in value):
+            raise _Invalid("dimensions that are positive or -1", list(value), "shape")
+
+
+@attrs.frozen
+class VersionPolicy:
+    """Which versions of a model to serve: exactly one of the three keys."""
+
+    latest: int | None = attrs.field(default=None, validator=in_range(1))
+    all: bool = False
+    specific: tuple[int, ...] = ()
+
+    def __attrs_post_init__(self) -> None:
+        chosen = sum([self.latest is not None, self.all, bool(self.specific)])
+        if chosen > 1:
+            raise _Invalid("only one of latest, all, specific", key="latest")
+
+    def select(self, available: list[int]) -> list[int]:
+        """The versions to serve, out of those present on disk."""
+        ordered = sorted(available)
+        if self.all:
+            return ordered
+        if self.specific:
+            return [v for v in ordered if v in self.specific]
+        return ordered[-(self.latest or 1) :]
+
+
+@attrs.frozen
+class DynamicBatching:
+    """``[dynamic_batching]``: how the scheduler merges requests."""
+
+    preferred_batch_size: tuple[int, ...] = ()
+    max_queue_delay_us: int = attrs.field(default=0, validator=in_range(0))
+
+
+@attrs.frozen
+class ModelConfig:
+    """A model's ``config.toml``. Every key is optional: loaders read what they
+    can from the model file itself."""
+
+    name: str = ""
+    #: Format claimed by a loader (onnx, torchscript, savedmodel, ...); empty: detect.
+    format: str = ""
+    #: 0: the model does not batch. Absent: detected (batching if every input's
+    #: first dimension is dynamic, capped by the node's limits.max_batch_size).
+    max_batch_size: int | None = attrs.field(default=None, validator=in_range(0))
+    input: tuple[TensorConfig, ...] = ()
+    output: tuple[TensorConfig, ...] = ()
+    version_policy: VersionPolicy = VersionPolicy()
+    instance_count: int = attrs.field(default=1, validator=in_range(1, 64))
+    #: Intra-op threads for this model; 0: the node's [threads] setting.
+    threads: int = attrs.field(default=0, validator=in_range(0, 1024))
+    device: str = "cpu"
+    timeout_ms: int = attrs.field(default=0, validator=in_range(0))
+    max_queue_size: int | None = attrs.field(default=None, validator=in_range(1))
+    dynamic_batching: DynamicBatching | None = None
+    optimize: tuple[str, ...] = ()
+    preprocess: tuple[str, ...] = ()
+    postprocess: tuple[str, ...] = ()
+    #: Let the loader unpickle files. Needs repository.allow_pickle in node.toml too.
+    allow_pickle: bool = False
+    #: Backend-specific settings, documented by each loader plugin.
+    parameters: dict[str, Any] = attrs.field(factory=dict)
+
+
+def model_config_from_dict(data: dict[str, Any], source: str | Path) -> ModelConfig:
+    """Validate a parsed ``config.toml`` into :class:`ModelConfig`."""
+    return build(ModelConfig, data, source)
+
+
+class Runner(abc.ABC):
+    """A loaded model, as a backend plugin provides it.
+
+    ``predict`` is called from a worker thread, never on the event loop, and
+    at most ``instance_count`` calls run at once. Inputs arrive as numpy arrays
+    already checked against ``inputs``; outputs are returned by name.
+    """
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+    @abc.abstractmethod
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the model on a batch."""
+
+    def close(self) -> None:  # noqa: B027 - optional for runners holding nothing
+        """Free what the model holds (sessions, device memory)."""
+
+
+class Loader(abc.ABC):
+    """A backend: turns model files into a :class:`Runner`.
+
+    Loader classes are returned from the ``dlinfer_model_formats`` hook and are
+    instantiated once per node with the node config.
+    """
+
+    #: Unique loader name, reported by ``dlinfer-core plugins list``.
+    name: ClassVar[str]
+    #: The ``format`` values of model configs this loader claims.
+    formats: ClassVar[tuple[str, ...]]
+
+    def __init__(self, node_config: NodeConfig) -> None:
+        self.node_config = node_config
+
+    @classmethod
+    @abc.abstractmethod
+    def detect(cls, path: Path) -> str | None:
+        """The format of the version folder ``path`` if this loader can load it, else None.
+
+        Must be cheap: look at file names, not file contents where possible.
+        """
+
+    @abc.abstractmethod
+    def load(self, config: ModelConfig, path: Path) -> Runner:
+        """Load the version folder ``path``; raise :class:`ModelLoadError` with the reason."""
+
+    def threads(self, config: ModelConfig) -> int:
+        """Intra-op threads for a model: its own setting, else the node's."""
+        return config.threads or self.node_config.intra_op_threads

@@ -1,0 +1,234 @@
+"""Finding, loading and listing plugins, and the registries built from them."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import importlib.util
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pluggy
+
+from . import hookspecs
+from .errors import PluginLoadError
+
+log = logging.getLogger("dlinfer.plugins")
+
+ENTRY_POINT_GROUP = "dlinfer.plugins"
+
+#: Built-in plugins, registered like any other (pytest's DEFAULT_PLUGINS).
+BUILTIN_PLUGINS = (
+    "dlinfer.builtin.loading",
+    "dlinfer.builtin.json_codec",
+    "dlinfer.server.v2_http",
+)
+
+#: Catalogue hooks and the registry each one builds.
+CATALOGUES = (
+    "dlinfer_model_formats",
+    "dlinfer_optimizers",
+    "dlinfer_trt_plugins",
+    "dlinfer_balancers",
+    "dlinfer_codecs",
+    "dlinfer_processors",
+)
+
+hookimpl = pluggy.HookimplMarker("dlinfer")
+
+
+@attrs.frozen
+class PluginInfo:
+    """One plugin as ``dlinfer-core plugins list`` shows it."""
+
+    name: str
+    distribution: str
+    version: str
+    status: str  # "loaded", "disabled", "failed"
+    hooks: tuple[str, ...] = ()
+    error: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self, value_serializer=lambda _i, _a, v: list(v) if isinstance(v, tuple) else v)
+
+
+@attrs.frozen
+class Entry:
+    """One item of a catalogue registry, with where it came from."""
+
+    name: str
+    obj: Any
+    plugin: str
+    distribution: str
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _dist_version(name: str) -> str:
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return ""
+
+
+class Plugins:
+    """The node's pluggy manager plus what was loaded from where.
+
+    ``Plugins(config).load()`` registers the built-ins, then entry points of the
+    ``dlinfer.plugins`` group, then single-file plugins from ``plugins_dir``.
+    """
+
+    def __init__(self, config: Any | None = None) -> None:
+        from .config import NodeConfig
+
+        self.config: NodeConfig = config or NodeConfig()
+        self.pm = pluggy.PluginManager("dlinfer")
+        self.pm.add_hookspecs(hookspecs)
+        self.infos: dict[str, PluginInfo] = {}
+        self._registries: dict[str, dict[str, Entry]] = {}
+        if _env_flag("DLINFER_TRACE_PLUGINS"):
+            self.pm.trace.root.setwriter(lambda msg: log.info("trace: %s", msg.rstrip()))
+            self.pm.enable_tracing()
+
+    @property
+    def hook(self) -> Any:
+        return self.pm.hook
+
+    # ---------------------------------------------------------------- loading
+
+    def load(self, entry_points: bool = True) -> Plugins:
+        """Register built-ins, entry points and ``plugins_dir`` files, then configure them."""
+        disabled = set(self.config.plugins.disable)
+        for name in disabled:
+            self.pm.set_blocked(name)
+        for modname in BUILTIN_PLUGINS:
+            if modname in disabled:
+                self._record(modname, "dlinfer", "disabled")
+                continue
+            module = importlib.import_module(modname)
+            # A built-in that needs the node (registries, config) exposes make_plugin().
+            factory = getattr(module, "make_plugin", None)
+            self._register(factory(self) if factory else module, modname, "dlinfer")
+        if entry_points:
+            self._load_entry_points(disabled)
+        if self.config.plugins_dir:
+            self._load_dir(self.config.plugins_dir, disabled)
+        self.pm.hook.dlinfer_configure.call_historic(kwargs={"config": self.config})
+        return self
+
+    def _load_entry_points(self, disabled: set[str]) -> None:
+        only = None
+        if _env_flag("DLINFER_DISABLE_PLUGIN_AUTOLOAD"):
+            only = set(self.config.plugins.enable)
+            extra = os.environ.get("DLINFER_PLUGINS", "")
+            only |= {p.strip() for p in extra.split(",") if p.strip()}
+        seen: dict[str, str] = {}
+        for ep in md.entry_points(group=ENTRY_POINT_GROUP):
+            dist = ep.dist.name if ep.dist else "<unknown distribution>"
+            if ep.name in seen and seen[ep.name] != dist:
+                raise PluginLoadError(
+                    f"plugin name {ep.name!r} is registered by two distributions: "
+                    f"{seen[ep.name]} and {dist}; uninstall one or disable it"
+                )
+            if ep.name in seen:
+                continue  # the same distribution seen twice on sys.path
+            seen[ep.name] = dist
+            version = ep.dist.version if ep.dist else ""
+            if ep.name in disabled or (only is not None and ep.name not in only):
+                self._record(ep.name, dist, "disabled", version=version)
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # any import-time failure of third-party code
+                self._failed(ep.name, dist, version, exc)
+                continue
+            self._register(plugin, ep.name, dist, version)
+
+    def _load_dir(self, folder: Path, disabled: set[str]) -> None:
+        if not folder.is_dir():
+            raise PluginLoadError(f"plugins_dir {folder} is not a folder")
+        for path in sorted(folder.glob("*.py")):
+            name = path.stem
+            if name in disabled:
+                self._record(name, "plugins_dir", "disabled")
+                continue
+            try:
+                spec = importlib.util.spec_from_file_location(f"dlinfer_local_{name}", path)
+                assert spec and spec.loader
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[spec.name] = module
+                spec.loader.exec_module(module)
+            except Exception as exc:
+                self._failed(name, f"plugins_dir:{path.name}", "", exc)
+                continue
+            self._register(module, name, "plugins_dir")
+
+    def _failed(self, name: str, dist: str, version: str, exc: BaseException) -> None:
+        msg = f"plugin {name!r} from distribution {dist} {version} failed to import: {type(exc).__name__}: {exc}"
+        if name not in self.config.plugins.optional:
+            raise PluginLoadError(msg + " (list it in [plugins] optional to start without it)") from exc
+        log.warning("%s; continuing because it is optional", msg)
+        self._record(name, dist, "failed", version=version, error=f"{type(exc).__name__}: {exc}")
+
+    def register(self, plugin: Any, name: str, distribution: str = "<runtime>") -> None:
+        """Register a plugin object at run time (tests, embedding applications)."""
+        self._registries.clear()
+        self._register(plugin, name, distribution)
+
+    def _register(self, plugin: Any, name: str, dist: str, version: str | None = None) -> None:
+        if self.pm.has_plugin(name):
+            other = self.infos[name].distribution
+            raise PluginLoadError(f"plugin name {name!r} is registered twice: by {other} and by {dist}")
+        self.pm.register(plugin, name=name)
+        hooks = tuple(sorted(h.name for h in self.pm.get_hookcallers(plugin) or ()))
+        self._record(name, dist, "loaded", version=version, hooks=hooks)
+
+    def _record(self, name: str, dist: str, status: str, *, version: str | None = None,
+                hooks: tuple[str, ...] = (), error: str = "") -> None:
+        if version is None:
+            version = _dist_version(dist) if dist not in ("plugins_dir", "<runtime>") else ""
+        self.infos[name] = PluginInfo(name, dist, version, status, hooks, error)
+
+    def list(self) -> list[PluginInfo]:
+        return list(self.infos.values())
+
+    # ------------------------------------------------------------- registries
+
+    def registry(self, hook_name: str) -> dict[str, Entry]:
+        """The catalogue built from ``hook_name``; built once, duplicates refused."""
+        if hook_name in self._registries:
+            return self._registries[hook_name]
+        entries: dict[str, Entry] = {}
+        caller = getattr(self.pm.hook, hook_name)
+        for impl in reversed(caller.get_hookimpls()):  # registration order
+            items = impl.function() or []
+            pinfo = self.infos.get(impl.plugin_name)
+            dist = pinfo.distribution if pinfo else "<runtime>"
+            for obj in items:
+                name = getattr(obj, "name", None)
+                if not isinstance(name, str) or not name:
+                    raise PluginLoadError(
+                        f"{hook_name} of plugin {impl.plugin_name!r} ({dist}) returned "
+                        f"{obj!r}, which has no string 'name'"
+                    )
+                if name in entries:
+                    first = entries[name]
+                    raise PluginLoadError(
+                        f"{hook_name}: name {name!r} is provided twice: by plugin "
+                        f"{first.plugin!r} ({first.distribution}) and by plugin "
+                        f"{impl.plugin_name!r} ({dist})"
+                    )
+                entries[name] = Entry(name, obj, impl.plugin_name, dist)
+        self._registries[hook_name] = entries
+        return entries
+
+    def check_registries(self) -> None:
+        """Build every catalogue now so duplicates stop the node at start."""
+        for hook_name in CATALOGUES:
+            self.registry(hook_name)

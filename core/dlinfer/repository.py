@@ -1,0 +1,454 @@
+"""The model repository: discovery, versions, load and unload.
+
+Layout (as in Triton)::
+
+    <repository>/<model name>/config.toml        optional
+    <repository>/<model name>/<version>/<files>  version = a positive integer
+
+A model that fails to load is reported with its reason in the index and does
+not stop the others. No path may leave the repository: symlinks that point
+outside it and names with path separators or ``..`` are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import numpy as np
+
+from .datatypes import v2_datatype
+from .errors import (
+    DlinferError,
+    InferenceError,
+    InvalidInput,
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotReady,
+)
+from .inference import InferenceRequest, InferenceResponse, InferOutput
+from .model import ModelConfig, Runner, TensorSpec, model_config_from_dict
+from .scheduler import DirectScheduler
+from .settings import read_toml
+
+if TYPE_CHECKING:
+    from .config import NodeConfig
+    from .plugins import Plugins
+
+log = logging.getLogger("dlinfer.repository")
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+READY, LOADING, UNAVAILABLE, UNLOADING = "READY", "LOADING", "UNAVAILABLE", "UNLOADING"
+
+
+def check_name(name: str, what: str = "model name") -> str:
+    """Refuse names that could escape a folder or confuse a URL."""
+    if not NAME_RE.match(name):
+        raise ModelNotFound(f"invalid {what} {name!r}: use letters, digits, '_', '-', '.'")
+    return name
+
+
+def safe_child(root: Path, parent: Path, name: str) -> Path:
+    """``parent / name``, refused if it is a symlink or resolves outside ``root``."""
+    path = parent / name
+    if path.is_symlink():
+        raise ModelLoadError(f"{path.relative_to(root)}: symlinks are not followed in the repository")
+    if not path.resolve().is_relative_to(root):
+        raise ModelLoadError(f"{name!r} resolves outside the model repository")
+    return path
+
+
+def check_tree(root: Path, folder: Path) -> None:
+    """Refuse a version folder holding any link that points outside the repository."""
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for entry in dirnames + filenames:
+            p = Path(dirpath) / entry
+            if p.is_symlink() and not p.resolve().is_relative_to(root):
+                raise ModelLoadError(
+                    f"{p.relative_to(root)} is a link to outside the model repository; refused"
+                )
+
+
+@attrs.define
+class VersionStatus:
+    """State of one model version as the repository index reports it."""
+
+    name: str
+    version: int | None
+    state: str
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"name": self.name, "state": self.state, "reason": self.reason}
+        if self.version is not None:
+            doc["version"] = str(self.version)
+        return doc
+
+
+class ServedModel:
+    """One loaded model version: its runner behind a scheduler, plus validation."""
+
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        config: ModelConfig,
+        runner: Runner,
+        plugins: Plugins,
+        platform: str = "",
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.config = config
+        self.runner = runner
+        self.platform = platform or config.format
+        self.inputs: list[TensorSpec] = list(runner.inputs)
+        self.outputs: list[TensorSpec] = list(runner.outputs)
+        self._input_by_name = {t.name: t for t in self.inputs}
+        self._output_by_name = {t.name: t for t in self.outputs}
+        limits = plugins.config.limits
+        self.max_batch_size = self._batching(config, limits.max_batch_size)
+        self._check_config_tensors()
+        self._hook = plugins.hook
+        self.preprocess = _resolve_processors(plugins, config.preprocess)
+        self.postprocess = _resolve_processors(plugins, config.postprocess)
+        self.scheduler = DirectScheduler(
+            f"{name}:{version}",
+            self._run,
+            config.instance_count,
+            config.max_queue_size or limits.max_queue_size,
+        )
+        self.inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # ------------------------------------------------------------ description
+
+    def _batching(self, config: ModelConfig, node_max: int) -> int:
+        dynamic_first = all(t.shape and t.shape[0] == -1 for t in self.inputs)
+        if config.max_batch_size is None:
+            return node_max if dynamic_first and self.inputs else 0
+        if config.max_batch_size > 0 and not dynamic_first:
+            fixed = [t.name for t in self.inputs if not t.shape or t.shape[0] != -1]
+            raise ModelLoadError(
+                f"max_batch_size is {config.max_batch_size} but inputs {fixed} have no "
+                "dynamic first (batch) dimension"
+            )
+        return config.max_batch_size
+
+    def _check_config_tensors(self) -> None:
+        """Inputs/outputs stated in config.toml must agree with the model file."""
+        for kind, stated, actual in (
+            ("input", self.config.input, self._input_by_name),
+            ("output", self.config.output, self._output_by_name),
+        ):
+            for t in stated:
+                spec = actual.get(t.name)
+                if spec is None:
+                    raise ModelLoadError(
+                        f"config.toml names {kind} {t.name!r}, but the model's {kind}s are "
+                        f"{sorted(actual)}"
+                    )
+                if spec.datatype != t.datatype:
+                    raise ModelLoadError(
+                        f"config.toml says {kind} {t.name!r} is {t.datatype}, the model says {spec.datatype}"
+                    )
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "versions": [str(self.version)],
+            "platform": self.platform,
+            "inputs": [t.to_json() for t in self.inputs],
+            "outputs": [t.to_json() for t in self.outputs],
+        }
+
+    # -------------------------------------------------------------- inference
+
+    def validate(self, request: InferenceRequest) -> dict[str, np.ndarray]:
+        """Check a request against the model's inputs; return the input arrays."""
+        seen: dict[str, np.ndarray] = {}
+        batch: int | None = None
+        for inp in request.inputs:
+            spec = self._input_by_name.get(inp.name)
+            if spec is None:
+                raise InvalidInput(
+                    f"model {self.name!r} has no input {inp.name!r}; its inputs are "
+                    f"{', '.join(sorted(self._input_by_name))}"
+                )
+            if inp.name in seen:
+                raise InvalidInput(f"input {inp.name!r} is given twice")
+            if not self.preprocess:
+                self._check_tensor(spec, inp.datatype, inp.data.shape)
+                if self.max_batch_size:
+                    if batch is not None and inp.data.shape[0] != batch:
+                        raise InvalidInput(
+                            f"inputs disagree on the batch size: {batch} and {inp.data.shape[0]}"
+                        )
+                    batch = inp.data.shape[0]
+            seen[inp.name] = inp.data
+        missing = [n for n in self._input_by_name if n not in seen]
+        if missing:
+            raise InvalidInput(f"model {self.name!r} needs inputs {missing} that the request lacks")
+        for out in request.outputs:
+            if out.name not in self._output_by_name:
+                raise InvalidInput(
+                    f"model {self.name!r} has no output {out.name!r}; its outputs are "
+                    f"{', '.join(sorted(self._output_by_name))}"
+                )
+        return seen
+
+    def _check_tensor(self, spec: TensorSpec, datatype: str, shape: tuple[int, ...]) -> None:
+        where = f"input {spec.name!r}"
+        if datatype != spec.datatype:
+            raise InvalidInput(f"{where}: datatype {datatype} does not match the model's {spec.datatype}")
+        if len(shape) != len(spec.shape) or any(
+            d != s and s != -1 for d, s in zip(shape, spec.shape, strict=False)
+        ):
+            raise InvalidInput(f"{where}: shape {list(shape)} does not match the model's {list(spec.shape)}")
+        if self.max_batch_size and shape[0] > self.max_batch_size:
+            raise InvalidInput(
+                f"{where}: batch size {shape[0]} exceeds the model's max_batch_size {self.max_batch_size}"
+            )
+
+    def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Pre-process, infer, post-process; runs in a worker thread."""
+        for proc in self.preprocess:
+            inputs = proc(inputs, self.config)
+        outputs = self._hook.dlinfer_infer(model=self, inputs=inputs)
+        for proc in self.postprocess:
+            outputs = proc(outputs, self.config)
+        return outputs
+
+    async def infer(self, request: InferenceRequest, timeout_s: float | None = None) -> InferenceResponse:
+        """Validate, schedule and run a request; never blocks the event loop."""
+        inputs = self.validate(request)
+        limit = timeout_s if timeout_s is not None else (self.config.timeout_ms / 1000 or None)
+        deadline = time.monotonic() + limit if limit else None
+        self.inflight += 1
+        self._idle.clear()
+        try:
+            outputs = await self.scheduler.submit(inputs, deadline)
+        except DlinferError:
+            raise
+        except Exception as exc:
+            log.exception("model %s version %s failed", self.name, self.version)
+            raise InferenceError(f"model {self.name!r} failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self.inflight -= 1
+            if self.inflight == 0:
+                self._idle.set()
+        wanted = [o.name for o in request.outputs] or list(outputs)
+        result = []
+        for name in wanted:
+            arr = np.asarray(outputs[name])
+            spec = self._output_by_name.get(name)
+            result.append(InferOutput(name, spec.datatype if spec else v2_datatype(arr.dtype), arr.shape, arr))
+        return InferenceResponse(self.name, str(self.version), result, request.id)
+
+    async def close(self) -> None:
+        """Wait for in-flight requests, then free the runner."""
+        await self._idle.wait()
+        await asyncio.to_thread(self._close_sync)
+
+    def _close_sync(self) -> None:
+        self.scheduler.close()
+        self.runner.close()
+
+
+def _resolve_processors(plugins: Plugins, names: tuple[str, ...]) -> list[Any]:
+    registry = plugins.registry("dlinfer_processors")
+    procs = []
+    for n in names:
+        if n not in registry:
+            raise ModelLoadError(
+                f"processor {n!r} is not installed (installed: {', '.join(sorted(registry)) or 'none'})"
+            )
+        procs.append(registry[n].obj())
+    return procs
+
+
+class ModelRepository:
+    """All models of a node: what is on disk and what is loaded."""
+
+    def __init__(self, config: NodeConfig, plugins: Plugins) -> None:
+        self.config = config
+        self.plugins = plugins
+        self.root = config.repository_path
+        self._models: dict[str, dict[int, ServedModel]] = {}
+        self._status: dict[str, list[VersionStatus]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # --------------------------------------------------------------- discovery
+
+    def names(self) -> list[str]:
+        """Model folders on disk (hidden folders and unsafe names skipped)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".") and NAME_RE.match(p.name)
+        )
+
+    def model_dir(self, name: str) -> Path:
+        check_name(name)
+        path = self.root / name
+        if not path.is_dir():
+            raise ModelNotFound(f"model {name!r} is not in the repository")
+        return safe_child(self.root, self.root, name)
+
+    def read_config(self, name: str) -> ModelConfig:
+        mdir = self.model_dir(name)
+        cfg_path = mdir / "config.toml"
+        if cfg_path.is_symlink():
+            raise ModelLoadError(f"{name}/config.toml: symlinks are not followed in the repository")
+        data = read_toml(cfg_path) if cfg_path.exists() else {}
+        cfg = model_config_from_dict(data, cfg_path)
+        if cfg.name and cfg.name != name:
+            raise ModelLoadError(f"{cfg_path}: name {cfg.name!r} does not match folder {name!r}")
+        if cfg.allow_pickle and not self.config.repository.allow_pickle:
+            raise ModelLoadError(
+                f"{cfg_path}: allow_pickle is set, but the node does not allow unpickling; "
+                f"set repository.allow_pickle = true in {self.config.source} to trust this repository"
+            )
+        return attrs.evolve(cfg, name=name)
+
+    def versions_on_disk(self, name: str) -> list[int]:
+        mdir = self.model_dir(name)
+        return sorted(int(p.name) for p in mdir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
+
+    # ------------------------------------------------------------ load/unload
+
+    async def start(self) -> None:
+        """Load the startup models (all of them in control mode 'none')."""
+        patterns = ("*",) if self.config.repository.control_mode == "none" else self.config.repository.startup_models
+        names = [n for n in self.names() if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+        for name in names:
+            try:
+                await self.load(name)
+            except DlinferError as exc:
+                log.error("model %s: %s", name, exc)
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    async def load(self, name: str) -> list[VersionStatus]:
+        """(Re)load a model's selected versions; old versions drain, then close.
+
+        Raises :class:`ModelLoadError` if no version could be loaded; the index
+        keeps the per-version reasons either way.
+        """
+        check_name(name)
+        async with self._lock(name):
+            self._status[name] = [VersionStatus(name, None, LOADING)]
+            loaded, statuses = await asyncio.to_thread(self._load_sync, name)
+            old = self._models.get(name, {})
+            self._models[name] = loaded
+            self._status[name] = statuses
+            for v, m in old.items():
+                if loaded.get(v) is not m:
+                    await m.close()
+                    self.plugins.hook.dlinfer_model_unloaded(name=name, version=v)
+            for m in loaded.values():
+                self.plugins.hook.dlinfer_model_loaded(model=m)
+        if not loaded:
+            reasons = "; ".join(f"version {s.version}: {s.reason}" if s.version else s.reason for s in statuses)
+            raise ModelLoadError(f"model {name!r} failed to load: {reasons}")
+        return statuses
+
+    def _load_sync(self, name: str) -> tuple[dict[int, ServedModel], list[VersionStatus]]:
+        """Load in a worker thread; every failure becomes a status with a reason."""
+        try:
+            cfg = self.read_config(name)
+            on_disk = self.versions_on_disk(name)
+            if not on_disk:
+                raise ModelLoadError(f"model {name!r} has no version folders (e.g. {name}/1/)")
+            selected = cfg.version_policy.select(on_disk)
+            if not selected:
+                raise ModelLoadError(f"version policy selects none of the versions on disk {on_disk}")
+        except DlinferError as exc:
+            return {}, [VersionStatus(name, None, UNAVAILABLE, str(exc))]
+        loaded: dict[int, ServedModel] = {}
+        statuses = []
+        for v in selected:
+            try:
+                loaded[v] = self._load_version(name, v, cfg)
+                statuses.append(VersionStatus(name, v, READY))
+                log.info("model %s version %d ready", name, v)
+            except Exception as exc:
+                reason = str(exc) if isinstance(exc, DlinferError) else f"{type(exc).__name__}: {exc}"
+                log.error("model %s version %d failed to load: %s", name, v, reason)
+                statuses.append(VersionStatus(name, v, UNAVAILABLE, reason))
+        return loaded, statuses
+
+    def _load_version(self, name: str, version: int, cfg: ModelConfig) -> ServedModel:
+        mdir = self.model_dir(name)
+        path = safe_child(self.root, mdir, str(version))
+        check_tree(self.root, path)
+        runner = self.plugins.hook.dlinfer_load_model(config=cfg, path=path, node_config=self.config)
+        try:
+            return ServedModel(name, version, cfg, runner, self.plugins, platform=getattr(runner, "platform", ""))
+        except BaseException:
+            runner.close()
+            raise
+
+    async def unload(self, name: str) -> None:
+        """Stop serving a model; in-flight requests finish first, then memory is freed."""
+        check_name(name)
+        async with self._lock(name):
+            old = self._models.pop(name, None)
+            if old is None and name not in self._status:
+                raise ModelNotFound(f"model {name!r} is not loaded")
+            self._status[name] = [VersionStatus(name, v, UNLOADING) for v in old or {}]
+            for v, m in (old or {}).items():
+                await m.close()
+                self.plugins.hook.dlinfer_model_unloaded(name=name, version=v)
+            self._status[name] = [VersionStatus(name, v, UNAVAILABLE, "unloaded") for v in old or {}] or [
+                VersionStatus(name, None, UNAVAILABLE, "unloaded")
+            ]
+
+    async def close(self) -> None:
+        for name in list(self._models):
+            await self.unload(name)
+
+    # ----------------------------------------------------------------- lookup
+
+    def get(self, name: str, version: str | int | None = None) -> ServedModel:
+        """The served model version (latest loaded when ``version`` is None)."""
+        versions = self._models.get(name)
+        if not versions:
+            if name in self._status:
+                reason = "; ".join(s.reason for s in self._status[name] if s.reason) or self._status[name][0].state
+                raise ModelNotReady(f"model {name!r} is not ready: {reason}")
+            raise ModelNotFound(f"unknown model {name!r}")
+        if version in (None, ""):
+            return versions[max(versions)]
+        try:
+            v = int(version)  # type: ignore[arg-type]
+        except ValueError:
+            raise ModelNotFound(f"invalid version {version!r} of model {name!r}") from None
+        if v not in versions:
+            raise ModelNotFound(
+                f"model {name!r} has no version {v} loaded (loaded: {', '.join(map(str, sorted(versions)))})"
+            )
+        return versions[v]
+
+    def loaded(self) -> list[ServedModel]:
+        return [m for vs in self._models.values() for m in vs.values()]
+
+    def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        """The repository index: every model on disk or known, with state and reason."""
+        out: list[dict[str, Any]] = []
+        for name in sorted(set(self.names()) | set(self._status)):
+            statuses = self._status.get(name) or [VersionStatus(name, None, UNAVAILABLE, "not loaded")]
+            for s in statuses:
+                if not ready_only or s.state == READY:
+                    out.append(s.to_json())
+        return out

@@ -1,0 +1,124 @@
+"""The aiohttp application factory and the node's process lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import signal
+from collections.abc import AsyncIterator
+from typing import Any
+
+import attrs
+import orjson
+from aiohttp import web
+
+from ..config import NodeConfig
+from ..errors import DlinferError, PayloadTooLarge
+from ..plugins import Plugins
+from ..repository import ModelRepository
+
+log = logging.getLogger("dlinfer.server")
+
+
+@attrs.define
+class NodeState:
+    """Readiness of the node as a whole."""
+
+    started: bool = False
+    draining: bool = False
+
+    @property
+    def ready(self) -> bool:
+        return self.started and not self.draining
+
+
+CONFIG = web.AppKey("config", NodeConfig)
+PLUGINS = web.AppKey("plugins", Plugins)
+REPOSITORY = web.AppKey("repository", ModelRepository)
+STATE = web.AppKey("state", NodeState)
+
+
+def error_response(exc: DlinferError) -> web.Response:
+    """The one place a :class:`DlinferError` becomes an HTTP response."""
+    return web.Response(
+        status=exc.http_status,
+        body=orjson.dumps({"error": exc.message}),
+        content_type="application/json",
+    )
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except DlinferError as exc:
+        return error_response(exc)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return error_response(PayloadTooLarge(f"request body is larger than the limit of {exc.max_size} bytes"))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return web.Response(
+            status=exc.status,
+            body=orjson.dumps({"error": exc.reason if exc.status != 404 else f"no endpoint {request.path}"}),
+            content_type="application/json",
+            headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"},
+        )
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(DlinferError(f"internal error: {type(exc).__name__}: {exc}"))
+
+
+async def _await_all(results: list[Any]) -> None:
+    for r in results:
+        if inspect.isawaitable(r):
+            await r
+
+
+def create_app(config: NodeConfig, plugins: Plugins | None = None) -> web.Application:
+    """Build the node's application: plugins, repository, routes and lifecycle."""
+    if plugins is None:
+        plugins = Plugins(config).load()
+    plugins.check_registries()
+    app = web.Application(client_max_size=config.limits.max_body_bytes, middlewares=[error_middleware])
+    repository = ModelRepository(config, plugins)
+    app[CONFIG] = config
+    app[PLUGINS] = plugins
+    app[REPOSITORY] = repository
+    app[STATE] = NodeState()
+    plugins.hook.dlinfer_routes(app=app, repository=repository)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await _await_all(plugins.hook.dlinfer_startup(app=app))
+        await repository.start()
+        app[STATE].started = True
+        yield
+        app[STATE].draining = True
+        await repository.close()
+        await _await_all(plugins.hook.dlinfer_shutdown(app=app))
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+async def serve(config: NodeConfig, plugins: Plugins | None = None) -> None:
+    """Run the node until SIGINT/SIGTERM, then drain and return."""
+    app = create_app(config, plugins)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, config.server.host, config.server.http_port, reuse_address=True)
+    await site.start()
+    log.info("dlinfer serving HTTP on http://%s:%d", config.server.host, config.server.http_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("draining: readiness is false, finishing in-flight requests")
+        app[STATE].draining = True
+        await asyncio.wait_for(runner.cleanup(), timeout=config.server.drain_timeout_s + 5)

@@ -1,0 +1,154 @@
+"""Built-in plugin: the KServe V2 (Open Inference Protocol) REST endpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import orjson
+from aiohttp import web
+
+from .. import __version__
+from ..errors import InvalidInput, ModelNotReady, PayloadTooLarge, Unavailable
+from ..plugins import hookimpl
+from ..repository import ModelRepository, check_name
+from .app import CONFIG, PLUGINS, REPOSITORY, STATE
+
+EXTENSIONS = ["model_repository", "model_configuration", "plugins"]
+
+
+def json_response(doc: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(doc), content_type="application/json")
+
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/v2")
+async def server_metadata(request: web.Request) -> web.Response:
+    return json_response(
+        {"name": request.app[CONFIG].server.name, "version": __version__, "extensions": EXTENSIONS}
+    )
+
+
+@routes.get("/v2/health/live")
+async def live(request: web.Request) -> web.Response:
+    return json_response({"live": True})
+
+
+@routes.get("/v2/health/ready")
+async def ready(request: web.Request) -> web.Response:
+    is_ready = request.app[STATE].ready
+    return json_response({"ready": is_ready}, status=200 if is_ready else 503)
+
+
+def _model(request: web.Request) -> Any:
+    name = check_name(request.match_info["model"])
+    return request.app[REPOSITORY].get(name, request.match_info.get("version"))
+
+
+@routes.get("/v2/models/{model}")
+@routes.get("/v2/models/{model}/versions/{version}")
+async def model_metadata(request: web.Request) -> web.Response:
+    return json_response(_model(request).metadata())
+
+
+@routes.get("/v2/models/{model}/ready")
+@routes.get("/v2/models/{model}/versions/{version}/ready")
+async def model_ready(request: web.Request) -> web.Response:
+    try:
+        model = _model(request)
+    except ModelNotReady as exc:
+        return json_response({"name": request.match_info["model"], "ready": False, "error": exc.message}, 400)
+    return json_response({"name": model.name, "ready": True})
+
+
+@routes.get("/v2/models/{model}/config")
+@routes.get("/v2/models/{model}/versions/{version}/config")
+async def model_config(request: web.Request) -> web.Response:
+    model = _model(request)
+    doc = attrs.asdict(model.config)
+    doc["max_batch_size"] = model.max_batch_size
+    return json_response(doc)
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request body, refused early when Content-Length is over the limit."""
+    limit = request.app[CONFIG].limits.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(
+            f"request body of {request.content_length} bytes is larger than the limit of {limit} bytes"
+        )
+    return await request.read()
+
+
+def pick_codec(request: web.Request) -> Any:
+    codecs = list(request.app[PLUGINS].registry("dlinfer_codecs").values())
+    # Plugins registered later (third-party) are asked before the built-in JSON codec.
+    for entry in reversed(codecs):
+        if entry.obj.accepts(request.content_type if request.body_exists else "", request.headers):
+            return entry.obj
+    raise InvalidInput(f"unsupported Content-Type {request.content_type!r}")
+
+
+@routes.post("/v2/models/{model}/infer")
+@routes.post("/v2/models/{model}/versions/{version}/infer")
+async def infer(request: web.Request) -> web.Response:
+    if request.app[STATE].draining:
+        raise Unavailable("server is shutting down")
+    model = _model(request)
+    body = await read_body(request)
+    codec = pick_codec(request)
+    infer_request = codec.decode(body, request.headers)
+    timeout = infer_request.parameters.get("timeout")
+    if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+        raise InvalidInput("parameter 'timeout' must be a positive number of microseconds")
+    response = await model.infer(infer_request, timeout_s=timeout / 1e6 if timeout else None)
+    payload, headers = codec.encode(response, infer_request)
+    return web.Response(body=payload, headers=headers)
+
+
+@routes.post("/v2/repository/index")
+async def repository_index(request: web.Request) -> web.Response:
+    ready_only = False
+    if request.body_exists:
+        body = await read_body(request)
+        if body.strip():
+            try:
+                doc = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise InvalidInput(f"malformed JSON: {exc}") from None
+            ready_only = bool(isinstance(doc, dict) and doc.get("ready"))
+    return json_response(request.app[REPOSITORY].index(ready_only))
+
+
+@routes.post("/v2/repository/models/{model}/load")
+async def repository_load(request: web.Request) -> web.Response:
+    repo: ModelRepository = request.app[REPOSITORY]
+    _check_control(request)
+    name = check_name(request.match_info["model"])
+    repo.model_dir(name)
+    await repo.load(name)
+    return json_response({})
+
+
+@routes.post("/v2/repository/models/{model}/unload")
+async def repository_unload(request: web.Request) -> web.Response:
+    _check_control(request)
+    await request.app[REPOSITORY].unload(check_name(request.match_info["model"]))
+    return json_response({})
+
+
+def _check_control(request: web.Request) -> None:
+    if request.app[CONFIG].repository.control_mode == "none":
+        raise InvalidInput("model control is disabled (repository.control_mode = 'none')")
+
+
+@routes.get("/v2/-/plugins")
+async def list_plugins(request: web.Request) -> web.Response:
+    return json_response([p.to_json() for p in request.app[PLUGINS].list()])
+
+
+@hookimpl
+def dlinfer_routes(app: web.Application, repository: ModelRepository) -> None:
+    app.add_routes(routes)

@@ -1,0 +1,187 @@
+"""Helpers for testing dlinfer and its plugins against a real server.
+
+- :func:`free_port` — a TCP port nobody listens on.
+- :class:`RunningNode` — a real node on a real port, in a background thread.
+- :func:`write_model` — put a model version into a repository folder.
+- :func:`onnx_linear_model` and friends — tiny real ONNX models built with ``onnx.helper``.
+
+Plugin authors use these from their own tests; ``dlinfer.testing`` imports no
+framework at module top.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import NodeConfig, node_config_from_dict
+from .plugins import Plugins
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def node_config(repository: Path, **tables: dict[str, Any]) -> NodeConfig:
+    """A NodeConfig for tests: the given repository, free ports, 1 thread, plus ``tables``."""
+    data: dict[str, Any] = {
+        "server": {"host": "127.0.0.1", "http_port": free_port(), "grpc_port": free_port()},
+        "repository": {"path": str(repository)},
+        "threads": {"intra_op": 1},
+    }
+    for key, value in tables.items():
+        data.setdefault(key, {}).update(value)
+    return node_config_from_dict(data, source="<test>", base_dir=str(repository))
+
+
+class RunningNode:
+    """Serve ``config`` on its real port from a background thread.
+
+    Use as a context manager; ``url`` is the HTTP base address. ``plugins`` lets
+    a test register extra plugin objects before the node starts.
+    """
+
+    def __init__(self, config: NodeConfig, plugins: Plugins | None = None, timeout_s: float = 60) -> None:
+        self.config = config
+        self.plugins = plugins
+        self.timeout_s = timeout_s
+        self.url = f"http://{config.server.host}:{config.server.http_port}"
+        self.app: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+
+    def __enter__(self) -> RunningNode:
+        self._thread = threading.Thread(target=self._main, name="dlinfer-test-node", daemon=True)
+        self._thread.start()
+        if not self._started.wait(self.timeout_s):
+            raise TimeoutError("node did not start in time")
+        if self._error:
+            raise self._error
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop and self._stop:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread:
+            self._thread.join(self.timeout_s)
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run a coroutine factory on the node's loop and wait for the result."""
+        assert self._loop
+        return asyncio.run_coroutine_threadsafe(fn(), self._loop).result(self.timeout_s)
+
+    def _main(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        from aiohttp import web
+
+        from .server import create_app
+
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        try:
+            self.app = create_app(self.config, self.plugins)
+            runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+            await runner.setup()
+            site = web.TCPSite(runner, self.config.server.host, self.config.server.http_port)
+            await site.start()
+        except BaseException as exc:
+            self._error = exc
+            self._started.set()
+            return
+        self._started.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await runner.cleanup()
+
+
+def write_model(
+    repository: Path,
+    name: str,
+    version: int = 1,
+    files: dict[str, bytes] | None = None,
+    config: dict[str, Any] | None = None,
+) -> Path:
+    """Create ``repository/name/version/`` with ``files`` and an optional config.toml."""
+    import tomli_w
+
+    mdir = repository / name
+    vdir = mdir / str(version)
+    vdir.mkdir(parents=True, exist_ok=True)
+    for fname, content in (files or {}).items():
+        (vdir / fname).write_bytes(content)
+    if config is not None:
+        (mdir / "config.toml").write_text(tomli_w.dumps(config))
+    return vdir
+
+
+def onnx_linear_model(
+    in_features: int = 4, out_features: int = 3, seed: int = 0, batch: int | str = "batch"
+) -> bytes:
+    """``y = softmax(x @ W + b)`` with input ``x`` [batch, in] FP32 and outputs
+    ``logits`` and ``probs`` [batch, out]: a tiny real classifier."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((in_features, out_features)).astype(np.float32)
+    b = rng.standard_normal(out_features).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["xw"]),
+            helper.make_node("Add", ["xw", "b"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
+        ],
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, in_features])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, out_features]),
+            helper.make_tensor_value_info("probs", TensorProto.FLOAT, [batch, out_features]),
+        ],
+        initializer=[numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")],
+    )
+    return _serialize(graph)
+
+
+def onnx_identity_model(datatype: str, shape: list[int | str] | None = None) -> bytes:
+    """``y = Identity(x)`` for one V2 datatype: round-trips every dtype exactly."""
+    from onnx import TensorProto, helper
+
+    elem = {
+        "BOOL": TensorProto.BOOL, "INT8": TensorProto.INT8, "INT16": TensorProto.INT16,
+        "INT32": TensorProto.INT32, "INT64": TensorProto.INT64, "UINT8": TensorProto.UINT8,
+        "UINT16": TensorProto.UINT16, "UINT32": TensorProto.UINT32, "UINT64": TensorProto.UINT64,
+        "FP16": TensorProto.FLOAT16, "FP32": TensorProto.FLOAT, "FP64": TensorProto.DOUBLE,
+        "BYTES": TensorProto.STRING,
+    }[datatype]
+    dims = shape or ["batch", 3]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", elem, dims)],
+        [helper.make_tensor_value_info("y", elem, dims)],
+    )
+    return _serialize(graph)
+
+
+def _serialize(graph: Any) -> bytes:
+    import onnx
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8  # readable by every ONNX Runtime from 1.10 on
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
