@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +28,7 @@ examples:
        "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}'
 """
 
-COMMANDS = ("serve", "plugins", "models")
+COMMANDS = ("serve", "plugins", "models", "convert")
 
 
 def _common() -> argparse.ArgumentParser:
@@ -73,6 +72,18 @@ def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
     plugins_p.add_argument("--json", action="store_true", help="print JSON")
     models = sub.add_parser("models", parents=[common], help="load each model once and report its state")
     models.add_argument("--json", action="store_true", help="print JSON")
+    conv = sub.add_parser("convert", parents=[common], help="convert a model (e.g. to ONNX)")
+    conv.add_argument("src", type=Path, help="model file or version folder")
+    conv.add_argument("--from", dest="source", help="source format (default: detected)")
+    conv.add_argument("--to", dest="target", default="onnx", help="target format (default: onnx)")
+    conv.add_argument("-o", "--output", type=Path, help="output file (default: beside the source)")
+    conv.add_argument("--opset", type=int, help="ONNX opset")
+    conv.add_argument("--model-config", type=Path, help="the model's config.toml (inputs, shapes)")
+    conv.add_argument("--static-batch", action="store_true", help="keep the batch dimension fixed")
+    conv.add_argument("--no-validate", action="store_true", help="skip comparing outputs")
+    conv.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE", help="converter-specific option (repeatable)"
+    )
     if plugins is not None:
         plugins.hook.dlinfer_addoption(parser=serve)
     return parser
@@ -118,9 +129,45 @@ def cmd_models(config: NodeConfig, plugins: Plugins, ns: argparse.Namespace) -> 
         print(orjson.dumps(index, option=orjson.OPT_INDENT_2).decode())
     else:
         print(f"repository: {config.repository_path}")
-        _table(("model", "version", "state", "reason"),
-               [(r["name"], r.get("version", "-"), r["state"], r["reason"]) for r in index])
+        _table(
+            ("model", "version", "state", "reason"),
+            [(r["name"], r.get("version", "-"), r["state"], r["reason"]) for r in index],
+        )
     return 0 if all(r["state"] == "READY" for r in index) else 1
+
+
+def cmd_convert(plugins: Plugins, ns: argparse.Namespace) -> int:
+    from .convert import ConvertOptions, detect_format, find_converter
+    from .model import model_config_from_dict
+    from .settings import read_toml
+
+    src: Path = ns.src
+    if not src.exists():
+        raise ConfigError(f"{src}: no such file or folder")
+    source = ns.source or detect_format(plugins, src)
+    converter = find_converter(plugins, source, ns.target)
+    model_config = model_config_from_dict(read_toml(ns.model_config), ns.model_config) if ns.model_config else None
+    extra = {}
+    for item in ns.option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--option {item!r}: expected KEY=VALUE")
+        extra[key] = value
+    options = ConvertOptions(
+        opset=ns.opset,
+        dynamic_batch=not ns.static_batch,
+        validate=not ns.no_validate,
+        extra=extra,
+        **({"model_config": model_config} if model_config else {}),
+    )
+    dst = ns.output or (src if src.is_dir() else src.parent) / f"model.{ns.target}"
+    result = converter.convert(src, dst, options)
+    print(f"converted {src} ({source}) -> {result.output} ({ns.target}) with {converter.name}")
+    if result.max_abs_error is not None:
+        print(f"validation: max abs error {result.max_abs_error:.3g}, max rel error {result.max_rel_error:.3g}")
+    for note in result.notes:
+        print(f"note: {note}")
+    return 0
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -142,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_plugins(plugins, ns)
         if ns.command == "models":
             return cmd_models(config, plugins, ns)
+        if ns.command == "convert":
+            return cmd_convert(plugins, ns)
         from .server import serve
 
         asyncio.run(serve(config, plugins))

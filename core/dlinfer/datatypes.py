@@ -31,9 +31,7 @@ def numpy_dtype(datatype: str) -> np.dtype:
     try:
         return V2_TO_NUMPY[datatype]
     except KeyError:
-        raise InvalidInput(
-            f"unsupported datatype {datatype!r}; expected one of {', '.join(V2_TO_NUMPY)}"
-        ) from None
+        raise InvalidInput(f"unsupported datatype {datatype!r}; expected one of {', '.join(V2_TO_NUMPY)}") from None
 
 
 def v2_datatype(dtype: np.dtype) -> str:

@@ -112,6 +112,17 @@ def dlinfer_model_unloaded(name: str, version: int) -> None:
     """A model version was unloaded and its memory released."""
 
 
+@hookspec
+def dlinfer_converters() -> list[type]:
+    """Return model converter classes for ``dlinfer-core convert``.
+
+    Each is a :class:`dlinfer.convert.Converter` subclass with ``name``,
+    ``source_formats``, ``target_format`` and ``convert(src, dst, options)``;
+    the ONNX export helpers of the torch/tf plugins and the Caffe converter
+    are converters. The TensorRT builder takes their ONNX output.
+    """
+
+
 # --------------------------------------------------------------------------
 # Optimizers
 # --------------------------------------------------------------------------
@@ -171,6 +182,14 @@ def dlinfer_routes(app: web.Application, repository: ModelRepository) -> None:
     Called once while the application is built. The V2 protocol itself is
     added through this hook by a built-in plugin. Handlers must never block
     the event loop: use ``ServedModel.infer`` (which runs in the model's pool).
+    """
+
+
+@hookspec
+def dlinfer_grpc_services(server: Any, repository: ModelRepository) -> None:
+    """Add servicers to the node's ``grpc.aio`` server (V2 itself, TF-Serving's
+    PredictionService, ...). Called once before the gRPC server starts; handlers
+    must not block the event loop.
     """
 
 

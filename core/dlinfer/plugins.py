@@ -31,6 +31,7 @@ BUILTIN_PLUGINS = (
 #: Catalogue hooks and the registry each one builds.
 CATALOGUES = (
     "dlinfer_model_formats",
+    "dlinfer_converters",
     "dlinfer_optimizers",
     "dlinfer_trt_plugins",
     "dlinfer_balancers",
@@ -189,8 +190,16 @@ class Plugins:
         hooks = tuple(sorted(h.name for h in self.pm.get_hookcallers(plugin) or ()))
         self._record(name, dist, "loaded", version=version, hooks=hooks)
 
-    def _record(self, name: str, dist: str, status: str, *, version: str | None = None,
-                hooks: tuple[str, ...] = (), error: str = "") -> None:
+    def _record(
+        self,
+        name: str,
+        dist: str,
+        status: str,
+        *,
+        version: str | None = None,
+        hooks: tuple[str, ...] = (),
+        error: str = "",
+    ) -> None:
         if version is None:
             version = _dist_version(dist) if dist not in ("plugins_dir", "<runtime>") else ""
         self.infos[name] = PluginInfo(name, dist, version, status, hooks, error)

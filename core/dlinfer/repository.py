@@ -72,9 +72,7 @@ def check_tree(root: Path, folder: Path) -> None:
         for entry in dirnames + filenames:
             p = Path(dirpath) / entry
             if p.is_symlink() and not p.resolve().is_relative_to(root):
-                raise ModelLoadError(
-                    f"{p.relative_to(root)} is a link to outside the model repository; refused"
-                )
+                raise ModelLoadError(f"{p.relative_to(root)} is a link to outside the model repository; refused")
 
 
 @attrs.define
@@ -139,8 +137,7 @@ class ServedModel:
         if config.max_batch_size > 0 and not dynamic_first:
             fixed = [t.name for t in self.inputs if not t.shape or t.shape[0] != -1]
             raise ModelLoadError(
-                f"max_batch_size is {config.max_batch_size} but inputs {fixed} have no "
-                "dynamic first (batch) dimension"
+                f"max_batch_size is {config.max_batch_size} but inputs {fixed} have no dynamic first (batch) dimension"
             )
         return config.max_batch_size
 
@@ -154,8 +151,7 @@ class ServedModel:
                 spec = actual.get(t.name)
                 if spec is None:
                     raise ModelLoadError(
-                        f"config.toml names {kind} {t.name!r}, but the model's {kind}s are "
-                        f"{sorted(actual)}"
+                        f"config.toml names {kind} {t.name!r}, but the model's {kind}s are {sorted(actual)}"
                     )
                 if spec.datatype != t.datatype:
                     raise ModelLoadError(
@@ -190,9 +186,7 @@ class ServedModel:
                 self._check_tensor(spec, inp.datatype, inp.data.shape)
                 if self.max_batch_size:
                     if batch is not None and inp.data.shape[0] != batch:
-                        raise InvalidInput(
-                            f"inputs disagree on the batch size: {batch} and {inp.data.shape[0]}"
-                        )
+                        raise InvalidInput(f"inputs disagree on the batch size: {batch} and {inp.data.shape[0]}")
                     batch = inp.data.shape[0]
             seen[inp.name] = inp.data
         missing = [n for n in self._input_by_name if n not in seen]
@@ -210,9 +204,7 @@ class ServedModel:
         where = f"input {spec.name!r}"
         if datatype != spec.datatype:
             raise InvalidInput(f"{where}: datatype {datatype} does not match the model's {spec.datatype}")
-        if len(shape) != len(spec.shape) or any(
-            d != s and s != -1 for d, s in zip(shape, spec.shape, strict=False)
-        ):
+        if len(shape) != len(spec.shape) or any(d != s and s != -1 for d, s in zip(shape, spec.shape, strict=False)):
             raise InvalidInput(f"{where}: shape {list(shape)} does not match the model's {list(spec.shape)}")
         if self.max_batch_size and shape[0] > self.max_batch_size:
             raise InvalidInput(

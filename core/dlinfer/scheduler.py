@@ -47,9 +47,7 @@ class DirectScheduler:
             )
         self.pending += 1
         try:
-            fut = asyncio.get_running_loop().run_in_executor(
-                self._pool, self._run_before_deadline, inputs, deadline
-            )
+            fut = asyncio.get_running_loop().run_in_executor(self._pool, self._run_before_deadline, inputs, deadline)
             if deadline is None:
                 return await fut
             try:

@@ -24,9 +24,7 @@ _MISSING = object()
 class _Invalid(Exception):
     """Raised by validators and converters; :func:`build` adds file and key."""
 
-    def __init__(
-        self, expected: str, value: Any = _MISSING, key: str | None = None, kind: str = "invalid"
-    ) -> None:
+    def __init__(self, expected: str, value: Any = _MISSING, key: str | None = None, kind: str = "invalid") -> None:
         super().__init__(expected)
         self.expected = expected
         self.value = value

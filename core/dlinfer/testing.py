@@ -128,12 +128,9 @@ def write_model(
     return vdir
 
 
-def onnx_linear_model(
-    in_features: int = 4, out_features: int = 3, seed: int = 0, batch: int | str = "batch"
-) -> bytes:
+def onnx_linear_model(in_features: int = 4, out_features: int = 3, seed: int = 0, batch: int | str = "batch") -> bytes:
     """``y = softmax(x @ W + b)`` with input ``x`` [batch, in] FP32 and outputs
     ``logits`` and ``probs`` [batch, out]: a tiny real classifier."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -161,10 +158,18 @@ def onnx_identity_model(datatype: str, shape: list[int | str] | None = None) -> 
     from onnx import TensorProto, helper
 
     elem = {
-        "BOOL": TensorProto.BOOL, "INT8": TensorProto.INT8, "INT16": TensorProto.INT16,
-        "INT32": TensorProto.INT32, "INT64": TensorProto.INT64, "UINT8": TensorProto.UINT8,
-        "UINT16": TensorProto.UINT16, "UINT32": TensorProto.UINT32, "UINT64": TensorProto.UINT64,
-        "FP16": TensorProto.FLOAT16, "FP32": TensorProto.FLOAT, "FP64": TensorProto.DOUBLE,
+        "BOOL": TensorProto.BOOL,
+        "INT8": TensorProto.INT8,
+        "INT16": TensorProto.INT16,
+        "INT32": TensorProto.INT32,
+        "INT64": TensorProto.INT64,
+        "UINT8": TensorProto.UINT8,
+        "UINT16": TensorProto.UINT16,
+        "UINT32": TensorProto.UINT32,
+        "UINT64": TensorProto.UINT64,
+        "FP16": TensorProto.FLOAT16,
+        "FP32": TensorProto.FLOAT,
+        "FP64": TensorProto.DOUBLE,
         "BYTES": TensorProto.STRING,
     }[datatype]
     dims = shape or ["batch", 3]

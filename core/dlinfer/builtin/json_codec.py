@@ -31,7 +31,7 @@ def _require(obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...], wh
     if key not in obj:
         raise InvalidInput(f"{where}: missing '{key}'")
     value = obj[key]
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise InvalidInput(f"{where}: '{key}' must be {_kind_word(kind)}, got {type(value).__name__}")
     return value
 
@@ -59,9 +59,7 @@ def tensor_from_json(name: str, datatype: str, shape: list[int], data: Any) -> n
     """
     where = f"input {name!r}"
     dtype = numpy_dtype(datatype)
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise InvalidInput(f"{where}: 'shape' must be an array of non-negative integers, got {shape!r}")
     expected = element_count(shape)
     if datatype == "BYTES":
@@ -73,9 +71,7 @@ def tensor_from_json(name: str, datatype: str, shape: list[int], data: Any) -> n
             raise InvalidInput(f"{where}: 'data' is not a regular array: {exc}") from None
         arr = _cast(arr, dtype, datatype, where)
     if arr.size != expected:
-        raise InvalidInput(
-            f"{where}: shape {shape} needs {expected} elements, but 'data' has {arr.size}"
-        )
+        raise InvalidInput(f"{where}: shape {shape} needs {expected} elements, but 'data' has {arr.size}")
     return arr.reshape(shape)
 
 

@@ -67,8 +67,14 @@ class LoaderDispatch:
 
 
 _EXTRAS = {
-    "savedmodel": "tf", "keras": "tf", "torchscript": "torch", "pytorch_state_dict": "torch",
-    "torch_export": "torch", "caffe": "caffe", "onnx": "onnx", "tensorrt_plan": "trt",
+    "savedmodel": "tf",
+    "keras": "tf",
+    "torchscript": "torch",
+    "pytorch_state_dict": "torch",
+    "torch_export": "torch",
+    "caffe": "caffe",
+    "onnx": "onnx",
+    "tensorrt_plan": "trt",
 }
 
 

@@ -26,9 +26,7 @@ routes = web.RouteTableDef()
 
 @routes.get("/v2")
 async def server_metadata(request: web.Request) -> web.Response:
-    return json_response(
-        {"name": request.app[CONFIG].server.name, "version": __version__, "extensions": EXTENSIONS}
-    )
+    return json_response({"name": request.app[CONFIG].server.name, "version": __version__, "extensions": EXTENSIONS})
 
 
 @routes.get("/v2/health/live")

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from dlinfer import Loader, ModelConfig, ModelLoadError, Runner, TensorSpec
 
 #: ONNX Runtime type strings -> V2 datatypes.
