@@ -17,6 +17,7 @@ from ..config import NodeConfig
 from ..errors import DlinferError, PayloadTooLarge
 from ..plugins import Plugins
 from ..repository import ModelRepository
+from .grpc_server import start_grpc, stop_grpc
 
 log = logging.getLogger("dlinfer.server")
 
@@ -94,9 +95,11 @@ def create_app(config: NodeConfig, plugins: Plugins | None = None) -> web.Applic
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await _await_all(plugins.hook.dlinfer_startup(app=app))
         await repository.start()
+        grpc_server = await start_grpc(config, plugins, repository)
         app[STATE].started = True
         yield
         app[STATE].draining = True
+        await stop_grpc(grpc_server, config.server.drain_timeout_s)
         await repository.close()
         await _await_all(plugins.hook.dlinfer_shutdown(app=app))
 
