@@ -73,6 +73,9 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        real = [a for a in args if a is not type(None)]
+        if len(real) == 1:
+            return _convert(real[0], value, key)
         errors = []
         for arg in args:
             if arg is type(None):
@@ -95,12 +98,12 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         args = typing.get_args(tp)
         if not isinstance(value, list):
             raise _Invalid(f"an array of {_type_word(args[0])}", value)
-        return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+        return tuple(_convert_item(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
             raise _Invalid("a table", value)
         _, vt = typing.get_args(tp)
-        return {k: _convert(vt, v, f"{key}.{k}") for k, v in value.items()}
+        return {k: _convert_item(vt, v, f"{key}.{k}") for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
             raise _Invalid("true or false", value)
@@ -118,6 +121,16 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             raise _Invalid("a string", value)
         return value
     raise TypeError(f"settings: unsupported annotation {tp!r}")  # a bug in dlinfer, not the user
+
+
+def _convert_item(tp: Any, value: Any, key: str) -> Any:
+    """Convert one element of an array or table, naming it in errors."""
+    try:
+        return _convert(tp, value, key)
+    except _Invalid as exc:
+        if exc.key is None:
+            exc.key = key
+        raise
 
 
 def _type_word(tp: Any) -> str:

@@ -190,3 +190,27 @@ def _serialize(graph: Any) -> bytes:
     model.ir_version = 8  # readable by every ONNX Runtime from 1.10 on
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
+
+def plugin_distribution(
+    site_dir: Path,
+    name: str,
+    entry_points: dict[str, str],
+    modules: dict[str, str] | None = None,
+    version: str = "0.0.1",
+) -> Path:
+    """Install a minimal distribution into ``site_dir``: a ``.dist-info`` folder
+    with ``METADATA`` and ``entry_points.txt`` plus the given module sources.
+
+    Put ``site_dir`` on ``sys.path`` (or ``PYTHONPATH`` for a subprocess) and
+    ``importlib.metadata`` finds it exactly like a pip-installed package.
+    """
+    site_dir.mkdir(parents=True, exist_ok=True)
+    info = site_dir / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    lines = ["[dlinfer.plugins]", *(f"{k} = {v}" for k, v in entry_points.items())]
+    (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+    for modname, source in (modules or {}).items():
+        (site_dir / f"{modname}.py").write_text(source)
+    return info
