@@ -30,8 +30,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def node_config(repository: Path, **tables: dict[str, Any]) -> NodeConfig:
-    """A NodeConfig for tests: the given repository, free ports, 1 thread, plus ``tables``."""
+def node_config(repository: Path, /, **tables: dict[str, Any]) -> NodeConfig:
+    """A NodeConfig for tests: the given repository, free ports, 1 thread, plus ``tables``
+    (e.g. ``limits={"max_body_bytes": 4096}``) merged over those defaults."""
     data: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "http_port": free_port(), "grpc_port": free_port()},
         "repository": {"path": str(repository)},

@@ -55,8 +55,9 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         return await handler(request)
     except DlinferError as exc:
         return error_response(exc)
-    except web.HTTPRequestEntityTooLarge as exc:
-        return error_response(PayloadTooLarge(f"request body is larger than the limit of {exc.max_size} bytes"))
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[CONFIG].limits.max_body_bytes
+        return error_response(PayloadTooLarge(f"request body is larger than the limit of {limit} bytes"))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

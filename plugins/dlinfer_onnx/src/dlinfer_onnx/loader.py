@@ -56,6 +56,12 @@ def model_file(path: Path, config: ModelConfig) -> Path:
     return f
 
 
+def _as_text(arr: np.ndarray) -> np.ndarray:
+    """ONNX Runtime string tensors hold ``str``; V2 BYTES arrive as ``bytes``."""
+    flat = [v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else str(v) for v in arr.ravel().tolist()]
+    return np.array(flat, dtype=object).reshape(arr.shape)
+
+
 class OnnxRunner(Runner):
     """One ONNX Runtime InferenceSession."""
 
@@ -69,7 +75,7 @@ class OnnxRunner(Runner):
         self._strings = {t.name for t in self.inputs if t.datatype == "BYTES"}
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feed = {k: (v.astype(str) if k in self._strings else v) for k, v in inputs.items()}
+        feed = {k: (_as_text(v) if k in self._strings else v) for k, v in inputs.items()}
         results = self.session.run(self._output_names, feed)
         return dict(zip(self._output_names, results, strict=True))
 
