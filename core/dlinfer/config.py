@@ -42,6 +42,9 @@ class RepositoryConfig:
     #: Allow loaders to unpickle files (e.g. whole pickled torch modules). Unsafe
     #: for untrusted repositories; a model config must opt in too.
     allow_pickle: bool = False
+    #: When set, the model control endpoints (load/unload over HTTP and gRPC)
+    #: need ``Authorization: Bearer <token>``; empty: no token needed.
+    control_token: str = attrs.field(default="", repr=False)
 
 
 @attrs.frozen
@@ -65,6 +68,8 @@ class LimitsConfig:
     max_body_bytes: int = attrs.field(default=64 * MiB, validator=in_range(1024))
     max_batch_size: int = attrs.field(default=64, validator=in_range(1))
     max_queue_size: int = attrs.field(default=256, validator=in_range(1))
+    #: Elements of one request tensor, checked from its shape before any data is read.
+    max_tensor_elements: int = attrs.field(default=64 * MiB, validator=in_range(1))
 
 
 @attrs.frozen

@@ -25,6 +25,7 @@ ENTRY_POINT_GROUP = "dlinfer.plugins"
 BUILTIN_PLUGINS = (
     "dlinfer.builtin.loading",
     "dlinfer.builtin.json_codec",
+    "dlinfer.builtin.binary_codec",
     "dlinfer.server.v2_http",
 )
 
@@ -215,7 +216,7 @@ class Plugins:
             return self._registries[hook_name]
         entries: dict[str, Entry] = {}
         caller = getattr(self.pm.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):  # registration order
+        for impl in caller.get_hookimpls():  # registration order (pluggy lists them so)
             items = impl.function() or []
             pinfo = self.infos.get(impl.plugin_name)
             dist = pinfo.distribution if pinfo else "<runtime>"

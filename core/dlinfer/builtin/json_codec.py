@@ -7,7 +7,7 @@ serializer, so no per-element Python code runs on either side.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -69,6 +69,14 @@ def tensor_from_json(name: str, datatype: str, shape: list[int], data: Any) -> n
             arr = np.asarray(data)
         except (ValueError, TypeError) as exc:
             raise InvalidInput(f"{where}: 'data' is not a regular array: {exc}") from None
+        if datatype == "UINT64" and arr.dtype.kind == "f" and arr.size and arr.max() >= 2**63:
+            # Integers beyond INT64 make numpy fall back to float64; parse them exactly.
+            if not np.all(np.floor(arr) == arr):
+                raise InvalidInput(f"{where}: datatype UINT64 needs integers, got floating-point numbers")
+            try:
+                arr = np.asarray(data, dtype=np.uint64)
+            except (OverflowError, ValueError):
+                raise InvalidInput(f"{where}: value out of range for UINT64") from None
         arr = _cast(arr, dtype, datatype, where)
     if arr.size != expected:
         raise InvalidInput(f"{where}: shape {shape} needs {expected} elements, but 'data' has {arr.size}")
@@ -116,8 +124,17 @@ def _bytes_tensor(data: Any, where: str) -> np.ndarray:
     return out
 
 
-def decode_request(body: bytes) -> InferenceRequest:
-    """Parse a V2 JSON inference request body."""
+#: Takes an input's name, datatype, shape and parameters and returns its array
+#: when the tensor travels outside the JSON document (the binary extension), else None.
+TensorSource = Callable[[str, str, list[int], dict[str, Any]], "np.ndarray | None"]
+
+
+def decode_request(body: bytes, tensor_source: TensorSource | None = None) -> InferenceRequest:
+    """Parse a V2 JSON inference request body.
+
+    ``tensor_source`` lets the binary tensor extension supply inputs whose
+    bytes follow the JSON header instead of a ``data`` field.
+    """
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -135,12 +152,18 @@ def decode_request(body: bytes) -> InferenceRequest:
         name = _require(item, "name", str, where)
         datatype = _require(item, "datatype", str, where)
         shape = _require(item, "shape", list, where)
-        if "data" not in item:
-            raise InvalidInput(f"input {name!r}: missing 'data'")
-        data = tensor_from_json(name, datatype, shape, item["data"])
-        inputs.append(InferInput(name, datatype, tuple(shape), data, _parameters(item, where)))
+        params = _parameters(item, where)
+        data = tensor_source(name, datatype, shape, params) if tensor_source else None
+        if data is None:
+            if "data" not in item:
+                raise InvalidInput(f"input {name!r}: missing 'data'")
+            data = tensor_from_json(name, datatype, shape, item["data"])
+        inputs.append(InferInput(name, datatype, tuple(shape), data, params))
+    raw_outputs = doc.get("outputs") or []
+    if not isinstance(raw_outputs, list):
+        raise InvalidInput("request: 'outputs' must be an array")
     outputs = []
-    for i, item in enumerate(doc.get("outputs") or []):
+    for i, item in enumerate(raw_outputs):
         where = f"outputs[{i}]"
         if not isinstance(item, dict):
             raise InvalidInput(f"{where}: must be an object")
@@ -151,7 +174,8 @@ def decode_request(body: bytes) -> InferenceRequest:
     return InferenceRequest(inputs, req_id, outputs, _parameters(doc, "request"))
 
 
-def _json_data(arr: np.ndarray) -> Any:
+def json_data(arr: np.ndarray) -> Any:
+    """A tensor as the flat ``data`` value of a V2 JSON output."""
     flat = np.ascontiguousarray(arr).reshape(-1)
     if flat.dtype.kind in _ORJSON_NATIVE:
         return flat
@@ -176,7 +200,7 @@ def encode_response(resp: InferenceResponse) -> bytes:
                 "name": o.name,
                 "datatype": o.datatype or v2_datatype(o.data.dtype),
                 "shape": list(o.shape),
-                "data": _json_data(o.data),
+                "data": json_data(o.data),
                 **({"parameters": o.parameters} if o.parameters else {}),
             }
             for o in resp.outputs

@@ -13,8 +13,9 @@ from ..errors import InvalidInput, ModelNotReady, PayloadTooLarge, Unavailable
 from ..plugins import hookimpl
 from ..repository import ModelRepository, check_name
 from .app import CONFIG, PLUGINS, REPOSITORY, STATE
+from .guards import check_control, check_limits, timeout_s, version_arg
 
-EXTENSIONS = ["model_repository", "model_configuration", "plugins"]
+EXTENSIONS = ["model_repository", "model_configuration", "binary_tensor_data", "parameters", "plugins"]
 
 
 def json_response(doc: Any, status: int = 200) -> web.Response:
@@ -42,7 +43,7 @@ async def ready(request: web.Request) -> web.Response:
 
 def _model(request: web.Request) -> Any:
     name = check_name(request.match_info["model"])
-    return request.app[REPOSITORY].get(name, request.match_info.get("version"))
+    return request.app[REPOSITORY].get(name, version_arg(request.match_info.get("version")))
 
 
 @routes.get("/v2/models/{model}")
@@ -94,14 +95,15 @@ def pick_codec(request: web.Request) -> Any:
 async def infer(request: web.Request) -> web.Response:
     if request.app[STATE].draining:
         raise Unavailable("server is shutting down")
-    model = _model(request)
+    _model(request)  # unknown model: 404 before the body is read
     body = await read_body(request)
     codec = pick_codec(request)
     infer_request = codec.decode(body, request.headers)
-    timeout = infer_request.parameters.get("timeout")
-    if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
-        raise InvalidInput("parameter 'timeout' must be a positive number of microseconds")
-    response = await model.infer(infer_request, timeout_s=timeout / 1e6 if timeout else None)
+    check_limits(infer_request, request.app[CONFIG])
+    # Looked up again with no await before infer() counts the request in flight,
+    # so a reload that swapped versions meanwhile cannot close the model under it.
+    model = _model(request)
+    response = await model.infer(infer_request, timeout_s=timeout_s(infer_request))
     payload, headers = codec.encode(response, infer_request)
     return web.Response(body=payload, headers=headers)
 
@@ -123,7 +125,7 @@ async def repository_index(request: web.Request) -> web.Response:
 @routes.post("/v2/repository/models/{model}/load")
 async def repository_load(request: web.Request) -> web.Response:
     repo: ModelRepository = request.app[REPOSITORY]
-    _check_control(request)
+    check_control(request.app[CONFIG], request.headers.get("Authorization"))
     name = check_name(request.match_info["model"])
     repo.model_dir(name)
     await repo.load(name)
@@ -132,14 +134,9 @@ async def repository_load(request: web.Request) -> web.Response:
 
 @routes.post("/v2/repository/models/{model}/unload")
 async def repository_unload(request: web.Request) -> web.Response:
-    _check_control(request)
+    check_control(request.app[CONFIG], request.headers.get("Authorization"))
     await request.app[REPOSITORY].unload(check_name(request.match_info["model"]))
     return json_response({})
-
-
-def _check_control(request: web.Request) -> None:
-    if request.app[CONFIG].repository.control_mode == "none":
-        raise InvalidInput("model control is disabled (repository.control_mode = 'none')")
 
 
 @routes.get("/v2/-/plugins")
