@@ -49,5 +49,5 @@ def version_arg(version: str | None) -> str | None:
     if version in (None, ""):
         return None
     if not version.isascii() or not version.isdigit():
-        raise ModelNotFound(f"invalid model version {version!r}: expected a positive integer")
+        raise ModelNotFound(f"invalid version {version!r}: expected a positive integer")
     return version
