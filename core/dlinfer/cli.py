@@ -193,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_convert(plugins, ns)
         from .server import serve
 
+        plugins.hook.dlinfer_options(options=ns)
         asyncio.run(serve(config, plugins))
         return 0
     except (ConfigError, PluginLoadError) as exc:

@@ -42,10 +42,17 @@ hookspec = pluggy.HookspecMarker("dlinfer")
 def dlinfer_addoption(parser: argparse.ArgumentParser) -> None:
     """Add command-line options to ``dlinfer-core``.
 
-    Called once, after plugins are loaded and before the command line is parsed.
-    Parsed values reach plugins through ``dlinfer_configure``'s config only if
-    the plugin reads them from ``parser``'s namespace itself; most plugins should
-    prefer a ``[plugins.<name>]`` table in node.toml.
+    Called once, after plugins are loaded and before the command line is parsed;
+    ``parser`` is the ``serve`` command's parser. The parsed values arrive in
+    ``dlinfer_options``. Prefer a ``[plugins.<name>]`` table in node.toml for
+    anything an operator sets per deployment.
+    """
+
+
+@hookspec
+def dlinfer_options(options: argparse.Namespace) -> None:
+    """Receive the parsed ``dlinfer-core serve`` command line (including options
+    added in ``dlinfer_addoption``). Called once, before the node starts.
     """
 
 
