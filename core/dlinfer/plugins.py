@@ -27,6 +27,7 @@ BUILTIN_PLUGINS = (
     "dlinfer.builtin.json_codec",
     "dlinfer.builtin.binary_codec",
     "dlinfer.server.v2_http",
+    "dlinfer.server.v2_grpc",
 )
 
 #: Catalogue hooks and the registry each one builds.

@@ -1,0 +1,284 @@
+"""Built-in plugin: the KServe V2 (Open Inference Protocol) gRPC service.
+
+``inference.GRPCInferenceService`` on the node's ``grpc.aio`` server: health,
+metadata, inference (typed ``contents`` or ``raw_input_contents``; outputs
+always in ``raw_output_contents``) and repository control. Requests go through
+the same :class:`InferenceRequest` / ``ServedModel.infer`` path as HTTP, and
+errors map to gRPC codes through each error class's ``grpc_code``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from .. import __version__
+from ..builtin.binary_codec import check_shape, tensor_from_bytes, tensor_to_bytes
+from ..config import NodeConfig
+from ..datatypes import numpy_dtype
+from ..errors import DlinferError, InvalidInput, ModelNotReady
+from ..inference import InferenceRequest, InferenceResponse, InferInput, RequestedOutput
+from ..plugins import hookimpl
+from ..repository import ModelRepository, check_name
+from .guards import check_control, check_limits, timeout_s, version_arg
+from .proto import inference_pb2 as pb
+
+log = logging.getLogger("dlinfer.grpc")
+
+SERVICE = "inference.GRPCInferenceService"
+METHODS = (
+    "ServerLive",
+    "ServerReady",
+    "ModelReady",
+    "ServerMetadata",
+    "ModelMetadata",
+    "ModelInfer",
+    "RepositoryIndex",
+    "RepositoryModelLoad",
+    "RepositoryModelUnload",
+)
+EXTENSIONS = ["model_repository", "binary_tensor_data", "parameters"]
+
+#: The ``InferTensorContents`` field each datatype travels in (FP16: raw only).
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+# ------------------------------------------------------------------ codec
+
+
+def parameters_from_proto(params: Any) -> dict[str, Any]:
+    """``map<string, InferParameter>`` as a plain dict."""
+    out: dict[str, Any] = {}
+    for key, p in params.items():
+        which = p.WhichOneof("parameter_choice")
+        out[key] = getattr(p, which) if which else None
+    return out
+
+
+def parameters_to_proto(params: dict[str, Any], target: Any) -> None:
+    for key, value in params.items():
+        p = target[key]
+        if isinstance(value, bool):
+            p.bool_param = value
+        elif isinstance(value, int):
+            if value >= 2**63:
+                p.uint64_param = value
+            else:
+                p.int64_param = value
+        elif isinstance(value, float):
+            p.double_param = value
+        else:
+            p.string_param = str(value)
+
+
+def tensor_from_contents(name: str, datatype: str, shape: list[int], contents: Any) -> np.ndarray:
+    """A numpy array from typed ``InferTensorContents``, range-checked like JSON."""
+    dtype = numpy_dtype(datatype)
+    count = check_shape(name, shape)
+    field = CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise InvalidInput(f"input {name!r}: datatype {datatype} must be sent in raw_input_contents")
+    values = getattr(contents, field)
+    if len(values) != count:
+        raise InvalidInput(f"input {name!r}: shape {shape} needs {count} elements, but {field} has {len(values)}")
+    if datatype == "BYTES":
+        arr = np.empty(count, dtype=object)
+        arr[:] = list(values)
+        return arr.reshape(shape)
+    if dtype.kind in "bf":
+        return np.array(values, dtype=dtype).reshape(shape)
+    # int_contents/uint_contents are wider than INT8/16 and UINT8/16: refuse, never wrap.
+    wide = np.array(values, dtype=np.uint64 if dtype.kind == "u" else np.int64)
+    info = np.iinfo(dtype)
+    if wide.size and (wide.min() < info.min or wide.max() > info.max):
+        raise InvalidInput(f"input {name!r}: value out of range for {datatype} ({info.min}..{info.max})")
+    return wide.astype(dtype).reshape(shape)
+
+
+def decode_infer_request(msg: Any, config: NodeConfig) -> InferenceRequest:
+    """A ``ModelInferRequest`` as an :class:`InferenceRequest`."""
+    if not msg.inputs:
+        raise InvalidInput("request has no inputs")
+    raw = msg.raw_input_contents
+    if raw and len(raw) != len(msg.inputs):
+        raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {len(msg.inputs)} inputs; need one each")
+    limit = config.limits.max_tensor_elements
+    inputs = []
+    for i, t in enumerate(msg.inputs):
+        shape = list(t.shape)
+        check_shape(t.name, shape, limit)
+        if raw:
+            if t.HasField("contents"):
+                raise InvalidInput(f"input {t.name!r}: give its data in contents or raw_input_contents, not both")
+            data = tensor_from_bytes(t.name, t.datatype, shape, raw[i])
+        else:
+            data = tensor_from_contents(t.name, t.datatype, shape, t.contents)
+        inputs.append(InferInput(t.name, t.datatype, tuple(shape), data, parameters_from_proto(t.parameters)))
+    outputs = [RequestedOutput(o.name, parameters_from_proto(o.parameters)) for o in msg.outputs]
+    return InferenceRequest(inputs, msg.id or None, outputs, parameters_from_proto(msg.parameters))
+
+
+def encode_infer_response(resp: InferenceResponse) -> Any:
+    """An :class:`InferenceResponse` as a ``ModelInferResponse`` with raw output bytes."""
+    msg = pb.ModelInferResponse(model_name=resp.model_name, model_version=resp.model_version, id=resp.id or "")
+    parameters_to_proto(resp.parameters, msg.parameters)
+    for o in resp.outputs:
+        t = msg.outputs.add(name=o.name, datatype=o.datatype, shape=list(o.shape))
+        parameters_to_proto(o.parameters, t.parameters)
+        msg.raw_output_contents.append(bytes(tensor_to_bytes(o.data, o.datatype)))
+    return msg
+
+
+# --------------------------------------------------------------- servicer
+
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def _rpc(message: type) -> Callable[[Handler], Handler]:
+    """Parse the request bytes as ``message`` and turn a :class:`DlinferError`
+    (or a bug) into the gRPC status it maps to.
+
+    Parsing here rather than in grpc's deserializer makes a malformed message an
+    INVALID_ARGUMENT with a reason instead of grpc's generic INTERNAL.
+    """
+
+    def decorate(fn: Handler) -> Handler:
+        @functools.wraps(fn)
+        async def wrapper(self: Any, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                try:
+                    request = message.FromString(raw)
+                except DecodeError as exc:
+                    raise InvalidInput(f"malformed {message.__name__} message: {exc}") from None
+                return await fn(self, request, context)
+            except DlinferError as exc:
+                err = exc
+            except Exception as exc:
+                log.exception("unhandled error in %s", fn.__name__)
+                err = DlinferError(f"internal error: {type(exc).__name__}: {exc}")
+            await context.abort(grpc.StatusCode[err.grpc_code], err.message)
+
+        wrapper.message = message  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate
+
+
+def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
+    for k, v in context.invocation_metadata() or ():
+        if k == key:
+            return v if isinstance(v, str) else v.decode("latin-1")
+    return None
+
+
+class V2Servicer:
+    """The V2 gRPC methods over one :class:`ModelRepository`."""
+
+    def __init__(self, repository: ModelRepository) -> None:
+        self.repository = repository
+        self.config = repository.config
+
+    @_rpc(pb.ServerLiveRequest)
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    @_rpc(pb.ServerReadyRequest)
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        # The gRPC server starts after the startup models and stops first on drain.
+        return pb.ServerReadyResponse(ready=True)
+
+    @_rpc(pb.ModelReadyRequest)
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        try:
+            self.repository.get(check_name(request.name), version_arg(request.version))
+        except ModelNotReady:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
+
+    @_rpc(pb.ServerMetadataRequest)
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        return pb.ServerMetadataResponse(name=self.config.server.name, version=__version__, extensions=EXTENSIONS)
+
+    @_rpc(pb.ModelMetadataRequest)
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        doc = self.repository.get(check_name(request.name), version_arg(request.version)).metadata()
+        msg = pb.ModelMetadataResponse(name=doc["name"], versions=doc["versions"], platform=doc["platform"])
+        for kind in ("inputs", "outputs"):
+            for t in doc[kind]:
+                getattr(msg, kind).add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
+        return msg
+
+    @_rpc(pb.ModelInferRequest)
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        name, version = check_name(request.model_name), version_arg(request.model_version)
+        self.repository.get(name, version)  # unknown model: NOT_FOUND before decoding
+        infer_request = decode_infer_request(request, self.config)
+        check_limits(infer_request, self.config)
+        limit = timeout_s(infer_request)
+        remaining = context.time_remaining()
+        if remaining is not None:
+            limit = remaining if limit is None else min(limit, remaining)
+        # No await between the lookup and infer(): a concurrent reload cannot close this version under us.
+        model = self.repository.get(name, version)
+        response = await model.infer(infer_request, timeout_s=limit)
+        return encode_infer_response(response)
+
+    @_rpc(pb.RepositoryIndexRequest)
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        msg = pb.RepositoryIndexResponse()
+        for row in self.repository.index(ready_only=request.ready):
+            msg.models.add(name=row["name"], version=row.get("version", ""), state=row["state"], reason=row["reason"])
+        return msg
+
+    @_rpc(pb.RepositoryModelLoadRequest)
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        check_control(self.config, _metadata(context, "authorization"))
+        if request.parameters:
+            raise InvalidInput(
+                f"load parameters {sorted(request.parameters)} are not supported: "
+                "put the config and files in the model repository"
+            )
+        name = check_name(request.model_name)
+        self.repository.model_dir(name)
+        await self.repository.load(name)
+        return pb.RepositoryModelLoadResponse()
+
+    @_rpc(pb.RepositoryModelUnloadRequest)
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        check_control(self.config, _metadata(context, "authorization"))
+        await self.repository.unload(check_name(request.model_name))
+        return pb.RepositoryModelUnloadResponse()
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The service's method handlers, under the protocol's service name."""
+        handlers = {
+            name: grpc.unary_unary_rpc_method_handler(
+                getattr(self, name), response_serializer=lambda msg: msg.SerializeToString()
+            )
+            for name in METHODS
+        }
+        return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+
+@hookimpl
+def dlinfer_grpc_services(server: Any, repository: ModelRepository) -> None:
+    server.add_generic_rpc_handlers((V2Servicer(repository).handler(),))
