@@ -13,6 +13,7 @@ outside it and names with path separators or ``..`` are refused.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import logging
 import os
@@ -268,6 +269,15 @@ def _resolve_processors(plugins: Plugins, names: tuple[str, ...]) -> list[Any]:
     return procs
 
 
+@attrs.frozen
+class Fingerprint:
+    """A model's files as poll mode compares them: config.toml's (size, mtime)
+    and, per version folder, every file's (path, size, mtime)."""
+
+    config: tuple[int, int] | None
+    versions: dict[int, tuple[Any, ...]]
+
+
 class ModelRepository:
     """All models of a node: what is on disk and what is loaded."""
 
@@ -278,6 +288,11 @@ class ModelRepository:
         self._models: dict[str, dict[int, ServedModel]] = {}
         self._status: dict[str, list[VersionStatus]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        #: What each model's files looked like when last loaded (poll mode compares).
+        self._fingerprints: dict[str, Fingerprint] = {}
+        #: Models unloaded through the control API: polling leaves them unloaded.
+        self._held: set[str] = set()
+        self._poll_task: asyncio.Task[None] | None = None
 
     # --------------------------------------------------------------- discovery
 
@@ -318,45 +333,136 @@ class ModelRepository:
 
     # ------------------------------------------------------------ load/unload
 
-    async def start(self) -> None:
-        """Load the startup models (all of them in control mode 'none')."""
+    def fingerprint(self, name: str) -> Fingerprint:
+        """Sizes and modification times of a model's config.toml and version folders."""
+        mdir = self.root / name
+
+        def stat(p: Path) -> tuple[int, int]:
+            st = p.stat()
+            return st.st_size, st.st_mtime_ns
+
+        cfg = mdir / "config.toml"
+        versions: dict[int, tuple[Any, ...]] = {}
+        for v in self.versions_on_disk(name):
+            vdir = mdir / str(v)
+            files = []
+            for dirpath, _dirs, filenames in os.walk(vdir):
+                for f in filenames:
+                    p = Path(dirpath) / f
+                    with contextlib.suppress(OSError):  # a file removed while we look
+                        files.append((str(p.relative_to(vdir)), *stat(p)))
+            versions[v] = tuple(sorted(files))
+        return Fingerprint(stat(cfg) if cfg.is_file() else None, versions)
+
+    def _polled(self) -> list[str]:
         patterns = ("*",) if self.config.repository.control_mode == "none" else self.config.repository.startup_models
-        names = [n for n in self.names() if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
-        for name in names:
+        return [n for n in self.names() if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+
+    async def start(self) -> None:
+        """Load the startup models (all of them in control mode 'none'); in
+        control mode 'poll', start watching the repository."""
+        for name in self._polled():
             try:
                 await self.load(name)
             except DlinferError as exc:
                 log.error("model %s: %s", name, exc)
+        if self.config.repository.control_mode == "poll":
+            self._poll_task = asyncio.create_task(self._poll_loop(), name="dlinfer-repository-poll")
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.repository.poll_interval_s)
+            try:
+                await self.poll()
+            except Exception:  # one bad scan must not stop polling
+                log.exception("repository poll failed")
+
+    async def poll(self) -> None:
+        """Apply what changed on disk since the last scan.
+
+        A new model folder is loaded, a removed one unloaded; a model whose
+        config.toml changed is reloaded; new version folders load and removed
+        ones unload, as the version policy selects. Versions that did not change
+        keep serving, and replaced versions finish their in-flight requests first.
+        """
+        on_disk = set(self._polled())
+        for name in sorted(on_disk - self._held):
+            try:
+                current = await asyncio.to_thread(self.fingerprint, name)
+            except (OSError, DlinferError):
+                continue  # removed or unreadable mid-scan: the next scan decides
+            if current == self._fingerprints.get(name):
+                continue
+            log.info("model %s changed on disk; reloading", name)
+            try:
+                await self.load(name, keep_unchanged=True)
+            except DlinferError as exc:
+                log.error("model %s: %s", name, exc)
+        for name in sorted(set(self._fingerprints) - on_disk):
+            log.info("model %s left the repository; unloading", name)
+            with contextlib.suppress(ModelNotFound):
+                await self.unload(name)
+            self._held.discard(name)  # a folder that comes back is loaded again
+            self._fingerprints.pop(name, None)
+            self._status.pop(name, None)
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
 
-    async def load(self, name: str) -> list[VersionStatus]:
+    async def load(self, name: str, keep_unchanged: bool = False) -> list[VersionStatus]:
         """(Re)load a model's selected versions; old versions drain, then close.
 
-        Raises :class:`ModelLoadError` if no version could be loaded; the index
-        keeps the per-version reasons either way.
+        With ``keep_unchanged`` (poll mode) versions whose files and config did
+        not change keep serving as they are, and a reload that loads nothing
+        leaves the old versions serving. Raises :class:`ModelLoadError` if no
+        version could be loaded; the index keeps the per-version reasons either way.
         """
         check_name(name)
+        self._held.discard(name)
         async with self._lock(name):
-            self._status[name] = [VersionStatus(name, None, LOADING)]
-            loaded, statuses = await asyncio.to_thread(self._load_sync, name)
             old = self._models.get(name, {})
-            self._models[name] = loaded
-            self._status[name] = statuses
+            if not old:
+                self._status[name] = [VersionStatus(name, None, LOADING)]
+            keep = (old, self._fingerprints.get(name)) if keep_unchanged else None
+            loaded, statuses, fingerprint = await asyncio.to_thread(self._load_sync, name, keep)
+            self._fingerprints[name] = fingerprint
+            if not loaded and keep_unchanged and old:
+                log.error("model %s: reload failed, the loaded versions keep serving", name)
+                self._status[name] = [VersionStatus(name, v, READY) for v in old] + statuses
+                loaded = old
+            else:
+                self._models[name] = loaded
+                self._status[name] = statuses
             for v, m in old.items():
                 if loaded.get(v) is not m:
                     await m.close()
                     self.plugins.hook.dlinfer_model_unloaded(name=name, version=v)
-            for m in loaded.values():
-                self.plugins.hook.dlinfer_model_loaded(model=m)
+            for v, m in loaded.items():
+                if old.get(v) is not m:
+                    self.plugins.hook.dlinfer_model_loaded(model=m)
         if not loaded:
             reasons = "; ".join(f"version {s.version}: {s.reason}" if s.version else s.reason for s in statuses)
             raise ModelLoadError(f"model {name!r} failed to load: {reasons}")
         return statuses
 
-    def _load_sync(self, name: str) -> tuple[dict[int, ServedModel], list[VersionStatus]]:
-        """Load in a worker thread; every failure becomes a status with a reason."""
+    def _load_sync(
+        self, name: str, keep: tuple[dict[int, ServedModel], Fingerprint | None] | None = None
+    ) -> tuple[dict[int, ServedModel], list[VersionStatus], Fingerprint]:
+        """Load in a worker thread; every failure becomes a status with a reason.
+
+        ``keep`` is the loaded versions and their fingerprint: a version whose
+        files and config are unchanged is reused instead of loaded again.
+        """
+        try:
+            fingerprint = self.fingerprint(name)
+        except (OSError, DlinferError):
+            fingerprint = Fingerprint(None, {})
+        loaded, statuses = self._load_versions(name, fingerprint, keep)
+        return loaded, statuses, fingerprint
+
+    def _load_versions(
+        self, name: str, fingerprint: Fingerprint, keep: tuple[dict[int, ServedModel], Fingerprint | None] | None
+    ) -> tuple[dict[int, ServedModel], list[VersionStatus]]:
         try:
             cfg = self.read_config(name)
             on_disk = self.versions_on_disk(name)
@@ -369,7 +475,14 @@ class ModelRepository:
             return {}, [VersionStatus(name, None, UNAVAILABLE, str(exc))]
         loaded: dict[int, ServedModel] = {}
         statuses = []
+        old, old_fp = keep or ({}, None)
         for v in selected:
+            reuse = old.get(v)
+            same_files = old_fp is not None and old_fp.versions.get(v) == fingerprint.versions.get(v, ())
+            if reuse is not None and same_files and reuse.config == cfg:
+                loaded[v] = reuse
+                statuses.append(VersionStatus(name, v, READY))
+                continue
             try:
                 loaded[v] = self._load_version(name, v, cfg)
                 statuses.append(VersionStatus(name, v, READY))
@@ -394,6 +507,7 @@ class ModelRepository:
     async def unload(self, name: str) -> None:
         """Stop serving a model; in-flight requests finish first, then memory is freed."""
         check_name(name)
+        self._held.add(name)
         async with self._lock(name):
             old = self._models.pop(name, None)
             if old is None and name not in self._status:
@@ -407,6 +521,11 @@ class ModelRepository:
             ]
 
     async def close(self) -> None:
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poll_task
+            self._poll_task = None
         for name in list(self._models):
             await self.unload(name)
 
