@@ -27,16 +27,19 @@ import numpy as np
 
 from .datatypes import v2_datatype
 from .errors import (
+    DeadlineExceeded,
     DlinferError,
     InferenceError,
     InvalidInput,
     ModelLoadError,
     ModelNotFound,
     ModelNotReady,
+    Overloaded,
+    Unavailable,
 )
 from .inference import InferenceRequest, InferenceResponse, InferOutput
 from .model import ModelConfig, Runner, TensorSpec, model_config_from_dict
-from .scheduler import DirectScheduler
+from .scheduler import DirectScheduler, DynamicBatcher, Scheduler
 from .settings import read_toml
 
 if TYPE_CHECKING:
@@ -119,15 +122,26 @@ class ServedModel:
         self._hook = plugins.hook
         self.preprocess = _resolve_processors(plugins, config.preprocess)
         self.postprocess = _resolve_processors(plugins, config.postprocess)
-        self.scheduler = DirectScheduler(
-            f"{name}:{version}",
-            self._run,
-            config.instance_count,
-            config.max_queue_size or limits.max_queue_size,
-        )
+        self.scheduler = self._make_scheduler(config.max_queue_size or limits.max_queue_size)
         self.inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+
+    def _make_scheduler(self, max_queue_size: int) -> Scheduler:
+        """A dynamic batcher when the model batches and has ``[dynamic_batching]``; else the direct path."""
+        label = f"{self.name}:{self.version}"
+        batching = self.config.dynamic_batching
+        if self.max_batch_size > 0 and batching is not None:
+            return DynamicBatcher(
+                label,
+                self._run,
+                self.config.instance_count,
+                max_queue_size,
+                self.max_batch_size,
+                batching.preferred_batch_size,
+                batching.max_queue_delay_us,
+            )
+        return DirectScheduler(label, self._run, self.config.instance_count, max_queue_size)
 
     # ------------------------------------------------------------ description
 
@@ -223,22 +237,29 @@ class ServedModel:
 
     async def infer(self, request: InferenceRequest, timeout_s: float | None = None) -> InferenceResponse:
         """Validate, schedule and run a request; never blocks the event loop."""
-        inputs = self.validate(request)
+        t0 = time.perf_counter()
         limit = timeout_s if timeout_s is not None else (self.config.timeout_ms / 1000 or None)
         deadline = time.monotonic() + limit if limit else None
         self.inflight += 1
         self._idle.clear()
+        failure: str | None = "canceled"  # stays so only if the caller goes away (client disconnect)
         try:
+            inputs = self.validate(request)
             outputs = await self.scheduler.submit(inputs, deadline)
-        except DlinferError:
+            failure = None
+        except DlinferError as exc:
+            failure = _FAILURE_REASONS.get(type(exc), "other")
             raise
         except Exception as exc:
+            failure = "backend"
             log.exception("model %s version %s failed", self.name, self.version)
             raise InferenceError(f"model {self.name!r} failed: {type(exc).__name__}: {exc}") from exc
         finally:
             self.inflight -= 1
             if self.inflight == 0:
                 self._idle.set()
+            for o in self.scheduler.observers:
+                o.finished(failure, time.perf_counter() - t0)
         wanted = [o.name for o in request.outputs] or list(outputs)
         result = []
         for name in wanted:
@@ -250,11 +271,22 @@ class ServedModel:
     async def close(self) -> None:
         """Wait for in-flight requests, then free the runner."""
         await self._idle.wait()
+        await self.scheduler.aclose()
         await asyncio.to_thread(self._close_sync)
 
     def _close_sync(self) -> None:
         self.scheduler.close()
         self.runner.close()
+
+
+#: The ``reason`` label of failed requests in the metrics (Triton's REJECTED, CANCELED, BACKEND, ...).
+_FAILURE_REASONS: dict[type[DlinferError], str] = {
+    InvalidInput: "invalid",
+    Overloaded: "overloaded",
+    DeadlineExceeded: "deadline",
+    Unavailable: "unavailable",
+    InferenceError: "backend",
+}
 
 
 def _resolve_processors(plugins: Plugins, names: tuple[str, ...]) -> list[Any]:

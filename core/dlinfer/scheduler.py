@@ -1,28 +1,210 @@
 """Per-model scheduling: a bounded queue in front of the model's instance pool.
 
-Framework calls run in the pool's threads, never on the event loop. A full
-queue is refused at once (:class:`Overloaded`) so clients back off instead of
-piling up; a request whose deadline passes while it waits is dropped before
-it reaches the model (:class:`DeadlineExceeded`).
+Two schedulers share one :class:`InstancePool` (``instance_count`` worker
+threads, one framework call per instance at a time, never on the event loop):
+
+- :class:`DirectScheduler` runs each request as its own call; models that do
+  not batch, or have no ``[dynamic_batching]`` table, use it.
+- :class:`DynamicBatcher` merges queued requests whose non-batch shapes agree
+  into one call (up to ``max_batch_size``, dispatching at once on a preferred
+  size, waiting at most ``max_queue_delay_us`` for more) and splits the
+  outputs back per request, in order.
+
+A full queue is refused at once (:class:`Overloaded`) so clients back off
+instead of piling up. A request whose deadline passes while it waits is
+dropped from the queue before it reaches the model (:class:`DeadlineExceeded`);
+a request whose caller goes away (client disconnect cancels the handler) is
+dropped the same way. Everything here runs on the event loop except the
+framework call itself, so the bookkeeping needs no locks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
+import attrs
 import numpy as np
 
-from .errors import DeadlineExceeded, Overloaded
+from .errors import DeadlineExceeded, InferenceError, Overloaded, Unavailable
 
 Batch = dict[str, np.ndarray]
 
 
+class Observer(Protocol):
+    """What a metrics or tracing plugin is told; every call is made on the event loop."""
+
+    def queued(self, queue_s: float) -> None:
+        """A request left the queue for an instance after ``queue_s`` seconds."""
+
+    def executed(self, requests: int, samples: int, compute_s: float) -> None:
+        """One framework call ran ``requests`` requests of ``samples`` batch rows in all."""
+
+    def finished(self, failure: str | None, total_s: float) -> None:
+        """A request was answered; ``failure`` is None on success, else a reason word."""
+
+
+class InstancePool:
+    """``instance_count`` worker threads and one slot per instance.
+
+    Slots are taken on the event loop before a call starts and given back when
+    the call ends, even when the waiting request was cancelled or timed out:
+    an abandoned call still occupies its instance until the framework returns.
+    """
+
+    def __init__(self, name: str, instance_count: int, run: Callable[[Batch], Batch]) -> None:
+        self.instance_count = instance_count
+        self._run = run
+        self._executor = ThreadPoolExecutor(instance_count, thread_name_prefix=f"dlinfer-{name}")
+        self._slots: asyncio.Semaphore | None = None
+        #: Instances holding a slot (running, or about to run, a call).
+        self.busy = 0
+
+    @property
+    def slots(self) -> asyncio.Semaphore:
+        # Created on first use: models are loaded in a worker thread, away from the loop.
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.instance_count)
+        return self._slots
+
+    async def acquire(self) -> None:
+        await self.slots.acquire()
+        self.busy += 1
+
+    def release(self) -> None:
+        self.busy -= 1
+        self.slots.release()
+
+    def start(self, inputs: Batch) -> asyncio.Future[tuple[Batch, float]]:
+        """Run the model on ``inputs`` in a held slot; the result is (outputs, compute seconds)."""
+        fut = asyncio.get_running_loop().run_in_executor(self._executor, self._timed, inputs)
+        fut.add_done_callback(self._release)
+        return fut
+
+    def _timed(self, inputs: Batch) -> tuple[Batch, float]:
+        t0 = time.perf_counter()
+        outputs = self._run(inputs)
+        return outputs, time.perf_counter() - t0
+
+    def _release(self, fut: asyncio.Future[Any]) -> None:
+        self.release()
+        if not fut.cancelled():
+            fut.exception()  # retrieved here so an abandoned call does not log "never retrieved"
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _deadline_timeout(deadline: float | None) -> asyncio.Timeout:
+    """A timeout context at ``deadline`` (a ``time.monotonic()`` value, the loop's clock)."""
+    if deadline is None:
+        return asyncio.timeout(None)
+    loop = asyncio.get_running_loop()
+    return asyncio.timeout_at(loop.time() + (deadline - time.monotonic()))
+
+
 class DirectScheduler:
-    """Runs each request as its own call on one of ``instance_count`` threads."""
+    """Runs each request as its own call on a free instance, FIFO when all are busy."""
+
+    def __init__(self, name: str, run: Callable[[Batch], Batch], instance_count: int, max_queue_size: int) -> None:
+        self.name = name
+        self.pool = InstancePool(name, instance_count, run)
+        self.max_queue_size = max_queue_size
+        self.observers: list[Observer] = []
+        #: Requests waiting for an instance.
+        self.queued = 0
+
+    def _refuse_if_full(self) -> None:
+        if self.queued >= self.max_queue_size:
+            raise Overloaded(
+                f"model {self.name!r} is overloaded: {self.queued} requests queued "
+                f"(queue limit {self.max_queue_size}); retry later"
+            )
+
+    async def submit(self, inputs: Batch, deadline: float | None = None) -> Batch:
+        """Run ``inputs`` through the model; ``deadline`` is a ``time.monotonic()`` value."""
+        if self.pool.busy == self.pool.instance_count:
+            self._refuse_if_full()
+        t0 = time.perf_counter()
+        self.queued += 1
+        try:
+            async with _deadline_timeout(deadline):
+                await self.pool.acquire()
+        except TimeoutError:
+            raise DeadlineExceeded(f"model {self.name!r}: request expired while queued") from None
+        finally:
+            self.queued -= 1
+        if deadline is not None and time.monotonic() >= deadline:
+            self.pool.release()
+            raise DeadlineExceeded(f"model {self.name!r}: request expired while queued")
+        for o in self.observers:
+            o.queued(time.perf_counter() - t0)
+        fut = self.pool.start(inputs)
+        fut.add_done_callback(lambda f: self._executed(f, _rows(inputs)))
+        try:
+            async with _deadline_timeout(deadline):
+                # shield: a timeout answers the client now; the instance stays busy until the call returns
+                outputs, _ = await asyncio.shield(fut)
+        except TimeoutError:
+            raise DeadlineExceeded(f"model {self.name!r}: deadline passed while the model was running") from None
+        return outputs
+
+    def _executed(self, fut: asyncio.Future[tuple[Batch, float]], rows: int) -> None:
+        # Counted when the call returns, also for a request that stopped waiting for it.
+        if not fut.cancelled() and fut.exception() is None:
+            for o in self.observers:
+                o.executed(1, rows, fut.result()[1])
+
+    async def aclose(self) -> None:
+        """Nothing runs on the loop between requests."""
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def _rows(inputs: Batch) -> int:
+    first = next(iter(inputs.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else 1
+
+
+@attrs.define(eq=False)
+class _Queued:
+    """One request waiting in a :class:`DynamicBatcher`."""
+
+    inputs: Batch
+    rows: int
+    #: Requests merge only when every input agrees on name, dtype and non-batch shape;
+    #: None: this request runs alone.
+    key: tuple[Any, ...] | None
+    future: asyncio.Future[Batch]
+    arrived: float
+    deadline: float | None
+
+
+def _merge_key(inputs: Batch) -> tuple[tuple[int, tuple[Any, ...]] | None, ...] | None:
+    arrays = list(inputs.values())
+    if not arrays or any(a.ndim == 0 for a in arrays):
+        return None
+    rows = arrays[0].shape[0]
+    if any(a.shape[0] != rows for a in arrays):
+        return None
+    return tuple((name, inputs[name].dtype.str, inputs[name].shape[1:]) for name in sorted(inputs))
+
+
+class DynamicBatcher:
+    """Merges concurrent requests into batches for a model that batches.
+
+    Dispatch rule (Triton's): a batch leaves as soon as its row count is one of
+    ``preferred_batch_size`` (default: ``max_batch_size``) or no further queued
+    request fits; otherwise it waits for more requests until the oldest one has
+    waited ``max_queue_delay_us``. With no delay a free instance takes whatever
+    is queued at once, so a lone request never waits.
+    """
 
     def __init__(
         self,
@@ -30,37 +212,186 @@ class DirectScheduler:
         run: Callable[[Batch], Batch],
         instance_count: int,
         max_queue_size: int,
+        max_batch_size: int,
+        preferred_batch_size: tuple[int, ...] = (),
+        max_queue_delay_us: int = 0,
     ) -> None:
         self.name = name
-        self._run = run
-        self._pool = ThreadPoolExecutor(instance_count, thread_name_prefix=f"dlinfer-{name}")
-        self._instance_count = instance_count
-        self._max_pending = instance_count + max_queue_size
-        self.pending = 0
+        self.pool = InstancePool(name, instance_count, run)
+        self.max_queue_size = max_queue_size
+        self.max_batch_size = max_batch_size
+        preferred = {p for p in preferred_batch_size if 0 < p <= max_batch_size}
+        self.preferred = frozenset(preferred or {max_batch_size})
+        self.cap = max(self.preferred)
+        self.delay_s = max_queue_delay_us / 1e6
+        self.observers: list[Observer] = []
+        self._queue: deque[_Queued] = deque()
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a batch."""
+        return len(self._queue)
 
     async def submit(self, inputs: Batch, deadline: float | None = None) -> Batch:
-        """Run ``inputs`` through the model; ``deadline`` is a ``time.monotonic()`` value."""
-        if self.pending >= self._max_pending:
+        """Queue ``inputs`` for the next batch; ``deadline`` is a ``time.monotonic()`` value."""
+        if self._closed:
+            raise Unavailable(f"model {self.name!r} is being unloaded")
+        if len(self._queue) >= self.max_queue_size:
             raise Overloaded(
-                f"model {self.name!r} is overloaded: {self.pending} requests pending "
-                f"(queue limit {self._max_pending - self._instance_count}); retry later"
+                f"model {self.name!r} is overloaded: {len(self._queue)} requests queued "
+                f"(queue limit {self.max_queue_size}); retry later"
             )
-        self.pending += 1
+        loop = asyncio.get_running_loop()
+        if self._task is None:
+            self._wake = asyncio.Event()
+            self._task = loop.create_task(self._dispatch_forever(), name=f"dlinfer-batcher-{self.name}")
+        assert self._wake is not None
+        item = _Queued(inputs, _rows(inputs), _merge_key(inputs), loop.create_future(), time.monotonic(), deadline)
+        self._queue.append(item)
+        self._wake.set()
         try:
-            fut = asyncio.get_running_loop().run_in_executor(self._pool, self._run_before_deadline, inputs, deadline)
-            if deadline is None:
-                return await fut
-            try:
-                return await asyncio.wait_for(fut, max(deadline - time.monotonic(), 0))
-            except TimeoutError:
-                raise DeadlineExceeded(f"model {self.name!r}: request timed out") from None
+            async with _deadline_timeout(deadline):
+                # Awaiting the future directly: cancelling this request cancels the future,
+                # and the batcher skips it.
+                return await item.future
+        except TimeoutError:
+            raise DeadlineExceeded(f"model {self.name!r}: request timed out") from None
         finally:
-            self.pending -= 1
+            if not item.future.done():
+                item.future.cancel()
+            with contextlib.suppress(ValueError):
+                self._queue.remove(item)  # still queued: dropped before any compute
 
-    def _run_before_deadline(self, inputs: Batch, deadline: float | None) -> Any:
-        if deadline is not None and time.monotonic() > deadline:
-            raise DeadlineExceeded(f"model {self.name!r}: request expired while queued")
-        return self._run(inputs)
+    # ------------------------------------------------------------ dispatching
+
+    async def _dispatch_forever(self) -> None:
+        while True:
+            await self.pool.acquire()
+            try:
+                items = await self._next_batch()
+            except BaseException:
+                self.pool.release()
+                raise
+            try:
+                self._launch(items)
+            except Exception as exc:  # inputs that cannot be stacked: fail these requests, keep serving
+                self.pool.release()
+                for it in items:
+                    if not it.future.done():
+                        it.future.set_exception(InferenceError(f"model {self.name!r}: cannot batch inputs: {exc}"))
+
+    async def _next_batch(self) -> list[_Queued]:
+        assert self._wake is not None
+        while True:
+            self._wake.clear()
+            now = time.monotonic()
+            self._drop_dead(now)
+            if not self._queue:
+                await self._wake.wait()
+                continue
+            items, rows, room_left = self._gather()
+            head = self._queue[0]
+            wait_until = head.arrived + self.delay_s
+            if rows in self.preferred or not room_left or now >= wait_until:
+                for it in items:
+                    self._queue.remove(it)
+                return items
+            # Wait for more requests, but not past the head's delay.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_until - now):
+                    await self._wake.wait()
+
+    def _drop_dead(self, now: float) -> None:
+        """Remove requests that were cancelled, and fail those past their deadline."""
+        if not any(it.future.done() or (it.deadline is not None and it.deadline <= now) for it in self._queue):
+            return
+        alive: deque[_Queued] = deque()
+        for it in self._queue:
+            if it.future.done():
+                continue
+            if it.deadline is not None and it.deadline <= now:
+                it.future.set_exception(DeadlineExceeded(f"model {self.name!r}: request expired while queued"))
+                continue
+            alive.append(it)
+        self._queue = alive
+
+    def _gather(self) -> tuple[list[_Queued], int, bool]:
+        """The oldest request plus the compatible ones after it, in order, within the cap.
+
+        Returns the requests, their row count, and whether a further compatible
+        request could still fit.
+        """
+        head = self._queue[0]
+        items, rows = [head], head.rows
+        if head.key is None or rows >= self.cap:
+            return items, rows, False
+        for it in list(self._queue)[1:]:
+            if it.key != head.key:
+                continue
+            if rows + it.rows > self.cap:
+                return items, rows, False
+            items.append(it)
+            rows += it.rows
+            if rows >= self.cap:
+                return items, rows, False
+        return items, rows, True
+
+    def _launch(self, items: list[_Queued]) -> None:
+        now = time.monotonic()
+        for o in self.observers:
+            for it in items:
+                o.queued(now - it.arrived)
+        if len(items) == 1:
+            inputs = items[0].inputs
+        else:
+            inputs = {name: np.concatenate([it.inputs[name] for it in items]) for name in items[0].inputs}
+        fut = self.pool.start(inputs)
+        fut.add_done_callback(lambda f: self._split(items, f))
+
+    def _split(self, items: list[_Queued], fut: asyncio.Future[tuple[Batch, float]]) -> None:
+        """Hand each request its own rows of the batch's outputs, in order."""
+        exc = fut.exception() if not fut.cancelled() else Unavailable(f"model {self.name!r} is being unloaded")
+        if exc is None:
+            outputs, compute_s = fut.result()
+            rows = sum(it.rows for it in items)
+            for o in self.observers:
+                o.executed(len(items), rows, compute_s)
+            if len(items) > 1:
+                bad = [k for k, v in outputs.items() if np.ndim(v) == 0 or np.shape(v)[0] != rows]
+                if bad:
+                    exc = InferenceError(
+                        f"model {self.name!r} returned outputs {bad} without a batch dimension of {rows}; "
+                        "it cannot be batched dynamically (remove [dynamic_batching] from its config)"
+                    )
+        start = 0
+        for it in items:
+            if it.future.done():
+                pass  # cancelled or timed out while running: nobody waits for it
+            elif exc is not None:
+                it.future.set_exception(exc)
+            elif len(items) == 1:
+                it.future.set_result(outputs)
+            else:
+                it.future.set_result({k: v[start : start + it.rows] for k, v in outputs.items()})
+            start += it.rows
+
+    async def aclose(self) -> None:
+        """Stop the batcher; queued requests are refused."""
+        self._closed = True
+        for it in self._queue:
+            if not it.future.done():
+                it.future.set_exception(Unavailable(f"model {self.name!r} is being unloaded"))
+        self._queue.clear()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.pool.close()
+
+
+Scheduler = DirectScheduler | DynamicBatcher
