@@ -70,6 +70,8 @@ class LimitsConfig:
     max_queue_size: int = attrs.field(default=256, validator=in_range(1))
     #: Elements of one request tensor, checked from its shape before any data is read.
     max_tensor_elements: int = attrs.field(default=64 * MiB, validator=in_range(1))
+    #: Seconds a client may take to send a request body (a stalled body gets 408).
+    body_timeout_s: float = attrs.field(default=30.0, validator=in_range(0.01, kind="a number"))
 
 
 @attrs.frozen

@@ -89,6 +89,13 @@ class Unavailable(DlinferError):
     grpc_code = "UNAVAILABLE"
 
 
+class RequestTimeout(InvalidInput):
+    """The client did not send the whole request in time (a stalled or slow-loris body)."""
+
+    http_status = 408
+    grpc_code = "DEADLINE_EXCEEDED"
+
+
 class Unauthenticated(DlinferError):
     """A protected endpoint was called without valid credentials."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import attrs
@@ -9,7 +10,7 @@ import orjson
 from aiohttp import web
 
 from .. import __version__
-from ..errors import InvalidInput, ModelNotReady, PayloadTooLarge, Unavailable
+from ..errors import InvalidInput, ModelNotReady, PayloadTooLarge, RequestTimeout, Unavailable
 from ..plugins import hookimpl
 from ..repository import ModelRepository, check_name
 from .app import CONFIG, PLUGINS, REPOSITORY, STATE
@@ -72,13 +73,17 @@ async def model_config(request: web.Request) -> web.Response:
 
 
 async def read_body(request: web.Request) -> bytes:
-    """The request body, refused early when Content-Length is over the limit."""
-    limit = request.app[CONFIG].limits.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
+    """The request body, refused early when Content-Length is over the limit and
+    cut off when the client takes longer than ``limits.body_timeout_s`` to send it."""
+    limits = request.app[CONFIG].limits
+    if request.content_length is not None and request.content_length > limits.max_body_bytes:
         raise PayloadTooLarge(
-            f"request body of {request.content_length} bytes is larger than the limit of {limit} bytes"
+            f"request body of {request.content_length} bytes is larger than the limit of {limits.max_body_bytes} bytes"
         )
-    return await request.read()
+    try:
+        return await asyncio.wait_for(request.read(), limits.body_timeout_s)
+    except TimeoutError:
+        raise RequestTimeout(f"request body not received within {limits.body_timeout_s:g} s") from None
 
 
 def pick_codec(request: web.Request) -> Any:
