@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PLUGINS := $(sort $(wildcard plugins/dlinfer_*))
+# Third-party-style example plugins, installed like a user would, so their tests run too.
+EXAMPLE_PLUGINS := $(sort $(wildcard examples/plugins/dlinfer_*))
 PORT ?= 8000
 
 .PHONY: install run test lint examples clean
@@ -12,7 +14,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 install: $(BIN)/python
-	$(BIN)/pip install --quiet -r requirements-dev.txt -e . $(foreach p,$(PLUGINS),-e $(p))
+	$(BIN)/pip install --quiet -r requirements-dev.txt -e . $(foreach p,$(PLUGINS) $(EXAMPLE_PLUGINS),-e $(p))
 
 examples: install
 	$(BIN)/python examples/make_models.py examples/models

@@ -1,75 +1,105 @@
-"""Wheels of dlinfer and dlinfer-onnx install offline into a fresh venv and work."""
+"""Wheels install offline into fresh venvs and register through their entry points."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 
 from dlinfer.testing import free_port, onnx_linear_model, write_model
 
-ROOT = Path(__file__).resolve().parents[1]
+from .packaging_utils import ROOT, build_wheelhouse, clean_env, fresh_venv, offline_install, run
 
 
-def _run(*cmd: str | Path, timeout: float = 600, **kw: object) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, **kw)
-    assert proc.returncode == 0, f"{cmd}\n{proc.stdout}\n{proc.stderr}"
-    return proc
+@pytest.fixture(scope="module")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Core, dlinfer-onnx and the example plugin as wheels, plus all their dependencies."""
+    wheels = tmp_path_factory.mktemp("wheels")
+    return build_wheelhouse(
+        wheels,
+        ROOT,
+        ROOT / "plugins/dlinfer_onnx",
+        ROOT / "examples/plugins/dlinfer_npz",
+        requirements=("dlinfer[onnx]", "dlinfer-npz"),
+    )
 
 
-@pytest.mark.slow
-def test_wheels_install_offline_and_plugin_registers(tmp_path: Path) -> None:
-    wheels = tmp_path / "wheels"
-    # Our two wheels, then every dependency as a wheel (from the local pip cache / registry).
-    _run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", wheels, ROOT, ROOT / "plugins/dlinfer_onnx")
-    _run(sys.executable, "-m", "pip", "wheel", "--quiet", "-w", wheels, "--find-links", wheels, "dlinfer[onnx]")
-    assert sorted(p.name.split("-")[0] for p in wheels.glob("dlinfer*.whl")) == ["dlinfer", "dlinfer_onnx"]
-
-    venv = tmp_path / "venv"
-    _run(sys.executable, "-m", "venv", venv)
-    py, core = venv / "bin" / "python", venv / "bin" / "dlinfer-core"
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV") and not k.startswith("DLINFER")}
-    pip = (py, "-m", "pip", "install", "--quiet", "--no-index", "--find-links", wheels)
-
-    # 1. Core alone: the node starts and says clearly that nothing claims the ONNX model.
-    _run(*pip, "dlinfer", env=env)
-    models = tmp_path / "models"
-    write_model(models, "classifier", 1, {"model.onnx": onnx_linear_model()})
+def _serve(core: Path, models: Path, cwd: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     node = subprocess.Popen(
         [core, "--model-repository", models, "--port", str(port), "--grpc-port", str(free_port())],
-        stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+        stderr=subprocess.PIPE, text=True, env=clean_env(), cwd=cwd,
     )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            requests.get(f"{url}/v2/health/ready", timeout=1)
+            return node, url
+        except requests.ConnectionError:
+            time.sleep(0.05)
+    node.kill()
+    raise AssertionError("node did not start")
+
+
+def _stop(node: subprocess.Popen) -> str:
+    node.terminate()
+    _, err = node.communicate(timeout=30)
+    assert node.returncode == 0, err
+    return err
+
+
+@pytest.mark.slow
+def test_core_alone_then_onnx_extra(wheelhouse: Path, tmp_path: Path) -> None:
+    assert {"dlinfer", "dlinfer_onnx"} <= {p.name.split("-")[0] for p in wheelhouse.glob("dlinfer*.whl")}
+    py, core = fresh_venv(tmp_path / "venv")
+
+    # 1. Core alone: the node starts and says clearly that nothing claims the ONNX model.
+    offline_install(py, wheelhouse, "dlinfer")
+    models = tmp_path / "models"
+    write_model(models, "classifier", 1, {"model.onnx": onnx_linear_model()})
+    node, url = _serve(core, models, tmp_path)
     try:
-        index = None
-        for _ in range(600):
-            try:
-                index = requests.post(f"http://127.0.0.1:{port}/v2/repository/index", timeout=1).json()
-                break
-            except requests.ConnectionError:
-                time.sleep(0.05)
-        assert index is not None, "node did not start"
-        (row,) = index
-        assert row["state"] == "UNAVAILABLE"
-        assert "no installed loader claims the files" in row["reason"]
-        assert "installed formats: none" in row["reason"] and "dlinfer[onnx]" in row["reason"]
+        (row,) = requests.post(f"{url}/v2/repository/index", timeout=5).json()
     finally:
-        node.terminate()
-        _, err = node.communicate(timeout=30)
-    assert node.returncode == 0
+        err = _stop(node)
+    assert row["state"] == "UNAVAILABLE"
+    assert "no installed loader claims the files" in row["reason"]
+    assert "installed formats: none" in row["reason"] and "dlinfer[onnx]" in row["reason"]
     assert "Traceback" not in err
 
     # 2. With the extra: the onnx plugin registers through its entry point.
-    _run(*pip, "dlinfer[onnx]", env=env)
-    listing = _run(core, "plugins", "list", env=env, cwd=tmp_path).stdout
+    offline_install(py, wheelhouse, "dlinfer[onnx]")
+    listing = run(core, "plugins", "list", env=clean_env(), cwd=tmp_path).stdout
     onnx_row = next(ln for ln in listing.splitlines() if ln.startswith("onnx "))
     assert onnx_row.split()[:4] == ["onnx", "dlinfer-onnx", "0.1.0", "loaded"]
-    report = _run(core, "models", "--model-repository", models, env=env, cwd=tmp_path).stdout
+    report = run(core, "models", "--model-repository", models, env=clean_env(), cwd=tmp_path).stdout
     assert "classifier  1        READY" in report
-    location = _run(py, "-c", "import dlinfer, dlinfer_onnx; print(dlinfer.__file__, dlinfer_onnx.__file__)", env=env)
-    assert str(venv) in location.stdout and str(ROOT) not in location.stdout
+    location = run(py, "-c", "import dlinfer, dlinfer_onnx; print(dlinfer.__file__, dlinfer_onnx.__file__)")
+    assert str(tmp_path / "venv") in location.stdout and str(ROOT) not in location.stdout
+
+
+@pytest.mark.slow
+def test_third_party_plugin_wheel_serves_its_format(wheelhouse: Path, tmp_path: Path) -> None:
+    """The example plugin, pip-installed beside core, serves a model: no core file touched."""
+    py, core = fresh_venv(tmp_path / "venv")
+    offline_install(py, wheelhouse, "dlinfer", "dlinfer-npz")
+    listing = run(core, "plugins", "list", env=clean_env(), cwd=tmp_path).stdout
+    row = next(ln for ln in listing.splitlines() if ln.startswith("npz "))
+    assert row.split()[:4] == ["npz", "dlinfer-npz", "0.1.0", "loaded"]
+    assert "dlinfer_balancers, dlinfer_model_formats" in row
+
+    models = tmp_path / "models"
+    w = np.arange(6, dtype=np.float32).reshape(3, 2)
+    vdir = write_model(models, "tiny", 1)
+    np.savez(vdir / "weights.npz", W=w)
+    node, url = _serve(core, models, tmp_path)
+    try:
+        body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]}
+        doc = requests.post(f"{url}/v2/models/tiny/infer", json=body, timeout=10).json()
+    finally:
+        _stop(node)
+    assert doc["outputs"][0]["data"] == (np.array([[1, 2, 3]], np.float32) @ w).ravel().tolist()

@@ -4,6 +4,11 @@
 - :class:`RunningNode` — a real node on a real port, in a background thread.
 - :func:`write_model` — put a model version into a repository folder.
 - :func:`onnx_linear_model` and friends — tiny real ONNX models built with ``onnx.helper``.
+- :class:`V2Client` — a small V2 JSON client.
+- :func:`plugin_distribution` — an installed-looking distribution with entry points.
+
+The pytest fixtures built on these live in :mod:`dlinfer.pytest_plugin`, which
+pytest loads automatically wherever dlinfer is installed.
 
 Plugin authors use these from their own tests; ``dlinfer.testing`` imports no
 framework at module top.
@@ -107,6 +112,85 @@ class RunningNode:
             await self._stop.wait()
         finally:
             await runner.cleanup()
+
+
+class V2Client:
+    """A minimal synchronous V2 JSON client (stdlib only) for tests and examples.
+
+    ``infer`` returns outputs as numpy arrays; a non-2xx answer raises
+    :class:`V2Error` carrying the status and the server's error message.
+    """
+
+    def __init__(self, url: str, timeout_s: float = 30) -> None:
+        self.url = url.rstrip("/")
+        self.timeout_s = timeout_s
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        import urllib.error
+        import urllib.request
+
+        import orjson
+
+        data = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY) if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                message = orjson.loads(raw).get("error", raw.decode(errors="replace"))
+            except (orjson.JSONDecodeError, AttributeError):
+                message = raw.decode(errors="replace")
+            raise V2Error(exc.code, message) from None
+        return orjson.loads(raw) if raw else None
+
+    def ready(self, model: str | None = None) -> bool:
+        try:
+            self.request("GET", f"/v2/models/{model}/ready" if model else "/v2/health/ready")
+        except (V2Error, OSError):
+            return False
+        return True
+
+    def metadata(self, model: str, version: str | None = None) -> dict[str, Any]:
+        return self.request("GET", f"/v2/models/{model}" + (f"/versions/{version}" if version else ""))
+
+    def infer(self, model: str, inputs: dict[str, np.ndarray], version: str | None = None) -> dict[str, np.ndarray]:
+        from .datatypes import v2_datatype
+
+        body = {
+            "inputs": [
+                {
+                    "name": name,
+                    "datatype": v2_datatype(arr.dtype),
+                    "shape": list(arr.shape),
+                    "data": arr.ravel().tolist() if arr.dtype.kind in "OSU" else np.ascontiguousarray(arr).ravel(),
+                }
+                for name, arr in inputs.items()
+            ]
+        }
+        path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
+        doc = self.request("POST", path, body)
+        return {o["name"]: _output_array(o) for o in doc["outputs"]}
+
+
+class V2Error(Exception):
+    """A V2 server answered with an error status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+def _output_array(out: dict[str, Any]) -> np.ndarray:
+    from .datatypes import numpy_dtype
+
+    if out["datatype"] == "BYTES":
+        return np.array([s.encode() for s in out["data"]], dtype=object).reshape(out["shape"])
+    return np.asarray(out["data"], dtype=numpy_dtype(out["datatype"])).reshape(out["shape"])
 
 
 def write_model(
