@@ -15,11 +15,10 @@ from dlinfer.testing import free_port, onnx_linear_model, write_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
-HEAVY = ("torch", "tensorflow", "tensorrt", "keras", "jax")
-
 PROBE = """
 import sys, threading, urllib.request
 from dlinfer.cli import main
+HEAVY = ("torch", "tensorflow", "tensorrt", "keras", "jax")
 port = int(sys.argv[1])
 def probe():
     import time
@@ -29,13 +28,13 @@ def probe():
             break
         except Exception:
             time.sleep(0.05)
-    heavy = sorted(m for m in sys.modules if m.split(".")[0] in %r)
+    heavy = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)
     print("HEAVY=" + ",".join(heavy), flush=True)
     import os, signal
     os.kill(os.getpid(), signal.SIGTERM)
 threading.Thread(target=probe, daemon=True).start()
 sys.exit(main(sys.argv[2:]))
-""" % (HEAVY,)
+"""
 
 
 def test_examples_serve_without_importing_frameworks(tmp_path: Path) -> None:
