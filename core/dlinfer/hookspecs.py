@@ -201,6 +201,21 @@ def dlinfer_grpc_services(server: Any, repository: ModelRepository) -> None:
 
 
 @hookspec
+def dlinfer_openapi(spec: dict[str, Any], app: web.Application) -> None:
+    """Describe the HTTP endpoints this plugin added in ``dlinfer_routes``.
+
+    Called once per application, after every route was added, the first time
+    the OpenAPI 3.1 document is asked for (``GET /v2/-/openapi.json``,
+    ``dlinfer-core openapi``). Add path items to ``spec["paths"]`` (keys are
+    aiohttp's canonical paths, e.g. ``/v2/models/{model}``) and schemas to
+    ``spec["components"]["schemas"]``; reuse the core's components with
+    ``{"$ref": "#/components/schemas/Error"}`` (see
+    :mod:`dlinfer.server.openapi`). Look at ``app`` to describe only the
+    routes actually added. A test fails when a registered route has no entry.
+    """
+
+
+@hookspec
 def dlinfer_codecs() -> list[type]:
     """Return request/response codec classes for the V2 HTTP endpoint.
 

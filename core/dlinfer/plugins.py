@@ -28,6 +28,7 @@ BUILTIN_PLUGINS = (
     "dlinfer.builtin.binary_codec",
     "dlinfer.server.v2_http",
     "dlinfer.server.v2_grpc",
+    "dlinfer.server.openapi",
     "dlinfer.server.metrics",
 )
 

@@ -213,6 +213,18 @@ class MetricsPlugin:
         app.router.add_get("/metrics", metrics)
 
     @hookimpl
+    def dlinfer_openapi(self, spec: dict, app: web.Application) -> None:
+        text = {"text/plain": {"schema": {"type": "string"}}}
+        spec["paths"]["/metrics"] = {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics: requests, failures, queue and compute time, batch sizes per model",
+                "tags": ["meta"],
+                "responses": {"200": {"description": "Prometheus text exposition format 0.0.4", "content": text}},
+            }
+        }
+
+    @hookimpl
     def dlinfer_model_loaded(self, model: ServedModel) -> None:
         self.metrics.watch(model)
 

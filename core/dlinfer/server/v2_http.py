@@ -152,3 +152,10 @@ async def list_plugins(request: web.Request) -> web.Response:
 @hookimpl
 def dlinfer_routes(app: web.Application, repository: ModelRepository) -> None:
     app.add_routes(routes)
+
+
+@hookimpl
+def dlinfer_openapi(spec: dict[str, Any], app: web.Application) -> None:
+    from .v2_openapi import describe
+
+    describe(spec, app)

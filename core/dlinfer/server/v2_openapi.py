@@ -1,0 +1,325 @@
+"""OpenAPI description of the V2 REST endpoints that :mod:`dlinfer.server.v2_http` adds.
+
+Schemas follow the KServe V2 (Open Inference Protocol) REST definitions, with
+dlinfer's own fields (the repository index ``reason``, ``/v2/-/plugins``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from .app import CONFIG
+from .openapi import error_response, json_content, json_response, not_found, ref
+
+DATATYPES = [
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BYTES",
+]
+
+_PARAMETERS = {"type": "object", "description": "Free-form parameters (`timeout` in microseconds, ...)."}
+
+SCHEMAS: dict[str, Any] = {
+    "ServerMetadata": {
+        "type": "object",
+        "required": ["name", "version", "extensions"],
+        "properties": {
+            "name": {"type": "string"},
+            "version": {"type": "string"},
+            "extensions": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "Live": {"type": "object", "required": ["live"], "properties": {"live": {"type": "boolean"}}},
+    "Ready": {"type": "object", "required": ["ready"], "properties": {"ready": {"type": "boolean"}}},
+    "Datatype": {"type": "string", "enum": DATATYPES},
+    "TensorMetadata": {
+        "type": "object",
+        "required": ["name", "datatype", "shape"],
+        "properties": {
+            "name": {"type": "string"},
+            "datatype": ref("Datatype"),
+            "shape": {"type": "array", "items": {"type": "integer"}, "description": "-1 for a dynamic dimension"},
+        },
+    },
+    "ModelMetadata": {
+        "type": "object",
+        "required": ["name", "platform", "inputs", "outputs"],
+        "properties": {
+            "name": {"type": "string"},
+            "versions": {"type": "array", "items": {"type": "string"}},
+            "platform": {"type": "string"},
+            "inputs": {"type": "array", "items": ref("TensorMetadata")},
+            "outputs": {"type": "array", "items": ref("TensorMetadata")},
+        },
+    },
+    "ModelReady": {
+        "type": "object",
+        "required": ["name", "ready"],
+        "properties": {
+            "name": {"type": "string"},
+            "ready": {"type": "boolean"},
+            "error": {"type": "string", "description": "why the model is not ready"},
+        },
+    },
+    "ModelConfig": {
+        "type": "object",
+        "description": "The model's effective config.toml as JSON.",
+        "required": ["max_batch_size"],
+        "properties": {"max_batch_size": {"type": "integer", "minimum": 0}},
+    },
+    "RequestInput": {
+        "type": "object",
+        "required": ["name", "shape", "datatype"],
+        "properties": {
+            "name": {"type": "string"},
+            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+            "datatype": ref("Datatype"),
+            "parameters": _PARAMETERS,
+            "data": {"description": "Row-major tensor data, flat or nested; strings for BYTES."},
+        },
+    },
+    "RequestOutput": {
+        "type": "object",
+        "required": ["name"],
+        "properties": {"name": {"type": "string"}, "parameters": _PARAMETERS},
+    },
+    "InferenceRequest": {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "id": {"type": "string"},
+            "parameters": _PARAMETERS,
+            "inputs": {"type": "array", "items": ref("RequestInput")},
+            "outputs": {"type": "array", "items": ref("RequestOutput")},
+        },
+    },
+    "ResponseOutput": {
+        "type": "object",
+        "required": ["name", "shape", "datatype"],
+        "properties": {
+            "name": {"type": "string"},
+            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+            "datatype": ref("Datatype"),
+            "parameters": _PARAMETERS,
+            "data": {"type": "array", "description": "Row-major tensor data (absent when sent as binary)."},
+        },
+    },
+    "InferenceResponse": {
+        "type": "object",
+        "required": ["model_name", "outputs"],
+        "properties": {
+            "model_name": {"type": "string"},
+            "model_version": {"type": "string"},
+            "id": {"type": "string"},
+            "parameters": _PARAMETERS,
+            "outputs": {"type": "array", "items": ref("ResponseOutput")},
+        },
+    },
+    "RepositoryIndexRequest": {
+        "type": "object",
+        "properties": {"ready": {"type": "boolean", "description": "list only ready models"}},
+    },
+    "RepositoryModel": {
+        "type": "object",
+        "required": ["name", "state", "reason"],
+        "properties": {
+            "name": {"type": "string"},
+            "version": {"type": "string"},
+            "state": {"type": "string", "enum": ["READY", "UNAVAILABLE", "LOADING", "UNLOADING"]},
+            "reason": {"type": "string", "description": "why the version is not ready (empty when it is)"},
+        },
+    },
+    "PluginInfo": {
+        "type": "object",
+        "required": ["name", "distribution", "version", "status", "hooks", "error"],
+        "properties": {
+            "name": {"type": "string"},
+            "distribution": {"type": "string"},
+            "version": {"type": "string"},
+            "status": {"type": "string", "enum": ["loaded", "disabled", "failed"]},
+            "hooks": {"type": "array", "items": {"type": "string"}},
+            "error": {"type": "string"},
+        },
+    },
+}
+
+_MODEL = {
+    "name": "model",
+    "in": "path",
+    "required": True,
+    "description": "model name: letters, digits, '_', '-', '.'",
+    "schema": {"type": "string", "minLength": 1},
+}
+_VERSION = {
+    "name": "version",
+    "in": "path",
+    "required": True,
+    "description": "a positive integer",
+    "schema": {"type": "string", "minLength": 1},
+}
+_MODEL_ERRORS = {
+    "400": error_response("the model exists but failed to load"),
+    "404": not_found("model or version"),
+    "503": error_response("the model is not ready (the reason is given)"),
+}
+
+
+def _op(op_id: str, summary: str, tag: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"operationId": op_id, "summary": summary, "tags": [tag], **extra, "responses": responses}
+
+
+def _per_version(spec: dict[str, Any], suffix: str, method: str, op: dict[str, Any]) -> None:
+    """Describe ``/v2/models/{model}<suffix>`` and its ``/versions/{version}`` twin."""
+    paths = spec["paths"]
+    paths.setdefault(f"/v2/models/{{model}}{suffix}", {})[method] = {**op, "parameters": [_MODEL]}
+    versioned = {**op, "operationId": op["operationId"] + "Version", "parameters": [_MODEL, _VERSION]}
+    paths.setdefault(f"/v2/models/{{model}}/versions/{{version}}{suffix}", {})[method] = versioned
+
+
+def describe(spec: dict[str, Any], app: web.Application) -> None:
+    """Add the V2 endpoints and their schemas to ``spec``."""
+    spec["components"]["schemas"].update(SCHEMAS)
+    config = app[CONFIG]
+    # The spec tells clients (and the console) whether model control needs the token.
+    security = [{"controlToken": []}] if config.repository.control_token else []
+    paths = spec["paths"]
+    paths["/v2"] = {
+        "get": _op("serverMetadata", "Server metadata", "v2", {"200": json_response("metadata", ref("ServerMetadata"))})
+    }
+    paths["/v2/health/live"] = {
+        "get": _op("serverLive", "Liveness", "health", {"200": json_response("the process runs", ref("Live"))})
+    }
+    paths["/v2/health/ready"] = {
+        "get": _op(
+            "serverReady",
+            "Readiness",
+            "health",
+            {
+                "200": json_response("started and not draining", ref("Ready")),
+                "503": json_response("starting or draining", ref("Ready")),
+            },
+        )
+    }
+    _per_version(
+        spec,
+        "",
+        "get",
+        _op(
+            "modelMetadata",
+            "Model metadata",
+            "v2",
+            {"200": json_response("metadata", ref("ModelMetadata")), **_MODEL_ERRORS},
+        ),
+    )
+    _per_version(
+        spec,
+        "/ready",
+        "get",
+        _op(
+            "modelReady",
+            "Model readiness",
+            "health",
+            {
+                "200": json_response("ready", ref("ModelReady")),
+                "400": json_response("known but not ready; `error` says why", ref("ModelReady")),
+                "404": not_found("model or version"),
+            },
+        ),
+    )
+    _per_version(
+        spec,
+        "/config",
+        "get",
+        _op(
+            "modelConfig",
+            "Effective model configuration",
+            "v2",
+            {"200": json_response("config", ref("ModelConfig")), **_MODEL_ERRORS},
+        ),
+    )
+    binary = {
+        "schema": {
+            "type": "string",
+            "contentMediaType": "application/octet-stream",
+            "description": "binary tensor extension: a JSON header of `Inference-Header-Content-Length` bytes, "
+            "then the raw tensors",
+        }
+    }
+    _per_version(
+        spec,
+        "/infer",
+        "post",
+        _op(
+            "modelInfer",
+            "Run an inference",
+            "v2",
+            {
+                "200": {
+                    "description": "the outputs",
+                    "content": {**json_content(ref("InferenceResponse")), "application/octet-stream": binary},
+                },
+                "400": error_response("malformed request or tensors that do not match the model"),
+                "404": not_found("model or version"),
+                "408": error_response("the body did not arrive within `limits.body_timeout_s`"),
+                "413": error_response("body larger than `limits.max_body_bytes`"),
+                "429": error_response("the model's queue is full"),
+                "500": error_response("the framework failed while running the model"),
+                "503": error_response("the model is not ready, or the server is draining"),
+                "504": error_response("the deadline passed"),
+            },
+            requestBody={
+                "required": True,
+                "content": {**json_content(ref("InferenceRequest")), "application/octet-stream": binary},
+            },
+        ),
+    )
+    paths["/v2/repository/index"] = {
+        "post": _op(
+            "repositoryIndex",
+            "Every model with state and reason",
+            "repository",
+            {
+                "200": json_response("the index", {"type": "array", "items": ref("RepositoryModel")}),
+                "400": error_response("malformed JSON"),
+                "408": error_response("the body did not arrive within `limits.body_timeout_s`"),
+                "413": error_response("body too large"),
+            },
+            requestBody={"required": False, "content": json_content(ref("RepositoryIndexRequest"))},
+        )
+    }
+    control_errors = {
+        "400": error_response("model control is disabled, or the model failed to load"),
+        "401": error_response("the control token is configured and was not given"),
+        "404": not_found("model"),
+    }
+    for action, summary in (("load", "(Re)load a model"), ("unload", "Unload a model and free its memory")):
+        paths[f"/v2/repository/models/{{model}}/{action}"] = {
+            "post": _op(
+                f"repository{action.title()}",
+                summary,
+                "repository",
+                {"200": json_response("done", {"type": "object"}), **control_errors},
+                parameters=[_MODEL],
+                security=security,
+            )
+        }
+    paths["/v2/-/plugins"] = {
+        "get": _op(
+            "plugins",
+            "Plugins with distribution, version and hooks",
+            "meta",
+            {"200": json_response("the plugins", {"type": "array", "items": ref("PluginInfo")})},
+        )
+    }
