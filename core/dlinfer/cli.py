@@ -199,6 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, PluginLoadError) as exc:
         print(f"dlinfer-core: error: {exc}", file=sys.stderr)
         return 2
+    except DlinferError as exc:  # e.g. a conversion whose result fails validation
+        print(f"dlinfer-core: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except OSError as exc:

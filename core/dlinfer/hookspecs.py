@@ -237,7 +237,13 @@ def dlinfer_processors() -> list[type]:
     ``postprocess``.
 
     Each has ``name`` and ``__call__(tensors: dict[str, ndarray], config) ->
-    dict[str, ndarray]``; it runs in the model's worker thread.
+    dict[str, ndarray]``; it runs in the model's worker thread. One instance
+    serves one model version. Optionally a pre-processor has
+    ``request_inputs(inputs: list[TensorSpec], config) -> list[TensorSpec]`` and a
+    post-processor ``response_outputs(outputs, config) -> list[TensorSpec]``: called
+    once at load, they say which tensors clients send and receive instead of the
+    model's own (metadata and request checks follow them) and may raise
+    :class:`dlinfer.ModelLoadError` for bad settings.
     """
 
 

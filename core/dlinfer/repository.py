@@ -122,6 +122,7 @@ class ServedModel:
         self._hook = plugins.hook
         self.preprocess = _resolve_processors(plugins, config.preprocess)
         self.postprocess = _resolve_processors(plugins, config.postprocess)
+        self._describe_processed_tensors()
         self.scheduler = self._make_scheduler(config.max_queue_size or limits.max_queue_size)
         self.inflight = 0
         self._idle = asyncio.Event()
@@ -172,6 +173,24 @@ class ServedModel:
                     raise ModelLoadError(
                         f"config.toml says {kind} {t.name!r} is {t.datatype}, the model says {spec.datatype}"
                     )
+
+    def _describe_processed_tensors(self) -> None:
+        """Let processors say what clients send and receive in place of the model's own tensors.
+
+        A pre-processor may define ``request_inputs(inputs, config)`` and a post-processor
+        ``response_outputs(outputs, config)``, each mapping a list of :class:`TensorSpec` to
+        another (an image decoder takes BYTES where the model takes FP32 pixels). Metadata
+        and the names a request may use then follow them; processors without these keep
+        the model's tensors.
+        """
+        for proc in reversed(self.preprocess):
+            if hasattr(proc, "request_inputs"):
+                self.inputs = list(proc.request_inputs(list(self.inputs), self.config))
+        for proc in self.postprocess:
+            if hasattr(proc, "response_outputs"):
+                self.outputs = list(proc.response_outputs(list(self.outputs), self.config))
+        self._input_by_name = {t.name: t for t in self.inputs}
+        self._output_by_name = {t.name: t for t in self.outputs}
 
     def metadata(self) -> dict[str, Any]:
         return {
