@@ -111,7 +111,10 @@ def create_app(config: NodeConfig, plugins: Plugins | None = None) -> web.Applic
 async def serve(config: NodeConfig, plugins: Plugins | None = None) -> None:
     """Run the node until SIGINT/SIGTERM, then drain and return."""
     app = create_app(config, plugins)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # handler_cancellation: a client that disconnects cancels its handler, which drops its queued work.
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, handler_cancellation=True, shutdown_timeout=_RESPONSE_GRACE_S
+    )
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.http_port, reuse_address=True)
     await site.start()
@@ -125,4 +128,28 @@ async def serve(config: NodeConfig, plugins: Plugins | None = None) -> None:
     finally:
         log.info("draining: readiness is false, finishing in-flight requests")
         app[STATE].draining = True
-        await asyncio.wait_for(runner.cleanup(), timeout=config.server.drain_timeout_s + 5)
+        left = await drain(app[REPOSITORY], config.server.drain_timeout_s)
+        if left:
+            log.warning("drain timeout %.1f s passed with %d requests in flight", config.server.drain_timeout_s, left)
+        try:
+            await asyncio.wait_for(runner.cleanup(), timeout=config.server.drain_timeout_s + 2 * _RESPONSE_GRACE_S)
+        except TimeoutError:
+            # A framework call cannot be interrupted; its request is already cut off.
+            log.warning("shutdown: model calls still running past the drain timeout; exiting when they return")
+
+
+#: Time the HTTP server gives handlers to write their responses once the models are idle.
+_RESPONSE_GRACE_S = 1.0
+
+
+async def drain(repository: ModelRepository, timeout_s: float) -> int:
+    """Wait until no model has a request in flight, at most ``timeout_s``; return how many are left.
+
+    While draining, readiness is false and new inference requests are refused
+    with 503, so the count only goes down.
+    """
+    loop = asyncio.get_running_loop()
+    until = loop.time() + timeout_s
+    while (left := sum(m.inflight for m in repository.loaded())) and loop.time() < until:
+        await asyncio.sleep(0.02)
+    return left
