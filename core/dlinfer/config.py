@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import attrs
 
-from .settings import build, in_range, one_of, read_toml
+from .settings import build, in_range, one_of, read_toml, setting
 
 MiB = 1024 * 1024
 
@@ -21,87 +21,113 @@ MiB = 1024 * 1024
 class ServerConfig:
     """Where and how the node listens."""
 
-    host: str = "127.0.0.1"
-    http_port: int = attrs.field(default=8000, validator=in_range(0, 65535))
-    grpc_port: int = attrs.field(default=8001, validator=in_range(0, 65535))
-    name: str = "dlinfer"
-    drain_timeout_s: float = attrs.field(default=30.0, validator=in_range(0, kind="a number"))
+    host: str = setting("127.0.0.1", "Address to listen on (`0.0.0.0` for all interfaces).")
+    http_port: int = setting(8000, "V2 REST port.", validator=in_range(0, 65535))
+    grpc_port: int = setting(
+        8001, "gRPC port (opened when a plugin adds a gRPC service).", validator=in_range(0, 65535)
+    )
+    name: str = setting("dlinfer", "Server name reported by `GET /v2`.")
+    drain_timeout_s: float = setting(
+        30.0,
+        "On SIGTERM/SIGINT, how long in-flight requests may take to finish.",
+        validator=in_range(0, kind="a number"),
+    )
 
 
 @attrs.frozen
 class RepositoryConfig:
     """The model repository and how models in it are loaded."""
 
-    path: str = "models"
-    #: "none": load everything at start, no control API; "explicit": load
-    #: ``startup_models`` at start, then only through the control API;
-    #: "poll": like "explicit" and also rescan every ``poll_interval_s``.
-    control_mode: str = attrs.field(default="explicit", validator=one_of("none", "explicit", "poll"))
-    startup_models: tuple[str, ...] = ("*",)
-    poll_interval_s: float = attrs.field(default=5.0, validator=in_range(0.1, kind="a number"))
-    #: Allow loaders to unpickle files (e.g. whole pickled torch modules). Unsafe
-    #: for untrusted repositories; a model config must opt in too.
-    allow_pickle: bool = False
-    #: When set, the model control endpoints (load/unload over HTTP and gRPC)
-    #: need ``Authorization: Bearer <token>``; empty: no token needed.
-    control_token: str = attrs.field(default="", repr=False)
+    path: str = setting("models", "The model repository folder.")
+    control_mode: str = setting(
+        "explicit",
+        "`none`: load everything at start, no load/unload API; `explicit`: load `startup_models` at start, "
+        "then through the API; `poll`: like `explicit`, and rescan every `poll_interval_s`.",
+        validator=one_of("none", "explicit", "poll"),
+    )
+    startup_models: tuple[str, ...] = setting(("*",), "Glob patterns of the models to load at start.")
+    poll_interval_s: float = setting(
+        5.0, "Rescan interval in poll mode.", validator=in_range(0.1, kind="a number")
+    )
+    allow_pickle: bool = setting(
+        False,
+        "Let loaders unpickle files (e.g. whole pickled torch modules); a model's config.toml must opt in "
+        "too. Only for repositories you trust: unpickling runs arbitrary code.",
+    )
+    control_token: str = setting(
+        "",
+        "When set, the model control endpoints (load/unload over HTTP and gRPC) need "
+        "`Authorization: Bearer <token>`; empty: no token needed.",
+        repr=False,
+    )
 
 
 @attrs.frozen
 class PluginsConfig:
     """Which plugins load. Sub-tables ``[plugins.<name>]`` hold a plugin's own settings."""
 
-    disable: tuple[str, ...] = ()
-    #: With DLINFER_DISABLE_PLUGIN_AUTOLOAD=1, only these entry points load.
-    enable: tuple[str, ...] = ()
-    #: Plugins whose import failure is logged instead of stopping the node.
-    optional: tuple[str, ...] = ()
-    #: A folder of single-file plugins (``*.py``) loaded without packaging.
-    plugins_dir: str = ""
-    settings: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    disable: tuple[str, ...] = setting((), "Plugin names not to load (entry-point or built-in module names).")
+    enable: tuple[str, ...] = setting(
+        (), "With `DLINFER_DISABLE_PLUGIN_AUTOLOAD=1`, the only entry-point plugins to load."
+    )
+    optional: tuple[str, ...] = setting((), "Plugins whose import failure is logged instead of stopping the node.")
+    plugins_dir: str = setting("", "A folder of single-file plugins (`*.py`) loaded without packaging.")
+    settings: dict[str, dict[str, Any]] = setting(
+        attrs.Factory(dict), "Sub-tables `[plugins.<name>]`: each plugin's own settings.", metadata={"reference": False}
+    )
 
 
 @attrs.frozen
 class LimitsConfig:
     """Bounds that keep one client from hurting the others."""
 
-    max_body_bytes: int = attrs.field(default=64 * MiB, validator=in_range(1024))
-    max_batch_size: int = attrs.field(default=64, validator=in_range(1))
-    max_queue_size: int = attrs.field(default=256, validator=in_range(1))
-    #: Elements of one request tensor, checked from its shape before any data is read.
-    max_tensor_elements: int = attrs.field(default=64 * MiB, validator=in_range(1))
-    #: Seconds a client may take to send a request body (a stalled body gets 408).
-    body_timeout_s: float = attrs.field(default=30.0, validator=in_range(0.01, kind="a number"))
+    max_body_bytes: int = setting(64 * MiB, "Larger request bodies get HTTP 413.", validator=in_range(1024))
+    max_batch_size: int = setting(
+        64, "Batch limit for models whose config does not set `max_batch_size`.", validator=in_range(1)
+    )
+    max_queue_size: int = setting(256, "Requests waiting per model before HTTP 429.", validator=in_range(1))
+    max_tensor_elements: int = setting(
+        64 * MiB,
+        "Elements of one request tensor, checked from its shape before any data is read.",
+        validator=in_range(1),
+    )
+    body_timeout_s: float = setting(
+        30.0,
+        "Seconds a client may take to send a request body (a stalled body gets 408).",
+        validator=in_range(0.01, kind="a number"),
+    )
 
 
 @attrs.frozen
 class ThreadsConfig:
-    """Framework thread pools. 0 means: use the number of cores."""
+    """Framework thread pools."""
 
-    intra_op: int = attrs.field(default=0, validator=in_range(0, 1024))
-    inter_op: int = attrs.field(default=1, validator=in_range(0, 1024))
+    intra_op: int = setting(
+        0, "Framework threads per model instance; `0`: the number of cores.", validator=in_range(0, 1024)
+    )
+    inter_op: int = setting(1, "Framework inter-op threads.", validator=in_range(0, 1024))
 
 
 @attrs.frozen
 class LoggingConfig:
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    format: Literal["text", "json"] = "text"
+    """Log output."""
+
+    level: Literal["debug", "info", "warning", "error"] = setting("info", "Log level.")
+    format: Literal["text", "json"] = setting("text", "`text`, or `json`: one JSON object per line.")
 
 
 @attrs.frozen
 class NodeConfig:
     """The whole ``node.toml``."""
 
-    server: ServerConfig = ServerConfig()
-    repository: RepositoryConfig = RepositoryConfig()
-    plugins: PluginsConfig = PluginsConfig()
-    limits: LimitsConfig = LimitsConfig()
-    threads: ThreadsConfig = ThreadsConfig()
-    logging: LoggingConfig = LoggingConfig()
-    #: Folder the relative paths in the file are resolved against (not a TOML key).
-    base_dir: str = attrs.field(default=".", metadata={"toml": False})
-    #: Where the configuration came from, for messages (not a TOML key).
-    source: str = attrs.field(default="<defaults>", metadata={"toml": False})
+    server: ServerConfig = setting(ServerConfig(), "Where and how the node listens.")
+    repository: RepositoryConfig = setting(RepositoryConfig(), "The model repository.")
+    plugins: PluginsConfig = setting(PluginsConfig(), "Which plugins load.")
+    limits: LimitsConfig = setting(LimitsConfig(), "Request limits.")
+    threads: ThreadsConfig = setting(ThreadsConfig(), "Framework thread pools.")
+    logging: LoggingConfig = setting(LoggingConfig(), "Log output.")
+    base_dir: str = setting(".", "Folder relative paths are resolved against.", metadata={"toml": False})
+    source: str = setting("<defaults>", "Where the configuration came from.", metadata={"toml": False})
 
     @property
     def repository_path(self) -> Path:

@@ -64,6 +64,13 @@ def one_of(*choices: str):
     return check
 
 
+def setting(default: Any = attrs.NOTHING, help: str = "", **kwargs: Any) -> Any:
+    """An attrs field with its documentation; ``dlinfer.docgen`` builds the
+    configuration reference from these, so docs and code cannot drift."""
+    metadata = {**kwargs.pop("metadata", {}), "help": help}
+    return attrs.field(default=default, metadata=metadata, **kwargs)
+
+
 def _convert(tp: Any, value: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp`` and convert TOML data to it."""
     origin = typing.get_origin(tp)

@@ -1,0 +1,99 @@
+"""The configuration reference, generated from the attrs classes themselves.
+
+``python -m dlinfer.docgen`` prints the Markdown tables of ``node.toml`` and
+of a model's ``config.toml``; ``docs/configuration-reference.md`` is its output
+and a test keeps the two equal, so the reference never drifts from the code.
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Any
+
+import attrs
+
+from .config import NodeConfig
+from .model import ModelConfig
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Literal:
+        return " \\| ".join(f"`{a!r}`".replace("'", '"') for a in args)
+    if origin is tuple:
+        return f"array of {_type_name(args[0])}"
+    if origin is dict:
+        return "table"
+    if args and type(None) in args:
+        return " or ".join(_type_name(a) for a in args if a is not type(None))
+    if attrs.has(tp):
+        return "table"
+    return {int: "integer", float: "number", str: "string", bool: "boolean"}.get(tp, str(tp))
+
+
+def _default(field: attrs.Attribute) -> str:
+    d = field.default
+    if isinstance(d, attrs.Factory):  # type: ignore[arg-type]
+        d = d.factory()
+    if d is None:
+        return "—"
+    if attrs.has(type(d)):
+        return "—"
+    if isinstance(d, bool):
+        return f"`{str(d).lower()}`"
+    if isinstance(d, str | int | float):
+        return f'`"{d}"`' if isinstance(d, str) else f"`{d}`"
+    if isinstance(d, tuple | list):
+        return "`[" + ", ".join(f'"{x}"' if isinstance(x, str) else str(x) for x in d) + "]`"
+    if isinstance(d, dict):
+        return "`{}`"
+    return f"`{d!r}`"
+
+
+def documented_fields(cls: type) -> list[attrs.Attribute]:
+    """Fields a user can set in TOML and that the reference lists."""
+    return [f for f in attrs.fields(cls) if f.metadata.get("toml", True) and f.metadata.get("reference", True)]
+
+
+def _table(cls: type, title: str, lines: list[str]) -> None:
+    hints = typing.get_type_hints(cls)
+    nested = []
+    rows = []
+    for f in documented_fields(cls):
+        tp = hints[f.name]
+        inner = [a for a in typing.get_args(tp) if attrs.has(a)] or ([tp] if attrs.has(tp) else [])
+        if inner and typing.get_origin(tp) is not tuple:
+            nested.append((f, inner[0]))
+            continue
+        rows.append(f"| `{f.name}` | {_type_name(tp)} | {_default(f)} | {f.metadata.get('help', '')} |")
+    if rows:
+        lines += [f"### {title}", "", "| key | type | default | meaning |", "| --- | --- | --- | --- |", *rows, ""]
+    for f, inner in nested:
+        prefix = title.strip("`[]") if title.startswith("`[") else ""
+        name = f"{prefix}.{f.name}" if prefix else f.name
+        _table(inner, f"`[{name}]`", lines)
+    for f in attrs.fields(cls):
+        tp = hints[f.name]
+        if typing.get_origin(tp) is tuple and attrs.has(typing.get_args(tp)[0]):
+            _table(typing.get_args(tp)[0], f"`[[{f.name}]]` entries", lines)
+
+
+def reference() -> str:
+    """The whole configuration reference as Markdown."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from the configuration classes by `python -m dlinfer.docgen`; do not edit by hand.",
+        "",
+        "## node.toml",
+        "",
+    ]
+    _table(NodeConfig, "top level", lines)
+    lines += ["## Model config.toml", ""]
+    _table(ModelConfig, "top level", lines)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    print(reference(), end="")
