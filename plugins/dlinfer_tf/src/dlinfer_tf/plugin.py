@@ -1,0 +1,46 @@
+"""Entry point of the ``tf`` plugin.
+
+Stays light: TensorFlow, tf2onnx and the TF-Serving protos load with the
+first model, conversion or TF-Serving request, never at node start.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dlinfer import hookimpl
+
+
+@hookimpl
+def dlinfer_model_formats() -> list[type]:
+    from .loader import KerasLoader, SavedModelLoader
+
+    return [SavedModelLoader, KerasLoader]
+
+
+@hookimpl
+def dlinfer_converters() -> list[type]:
+    from .export import TFToOnnx
+
+    return [TFToOnnx]
+
+
+@hookimpl
+def dlinfer_routes(app: Any, repository: Any) -> None:
+    from .serving.rest import add_routes
+
+    add_routes(app, repository)
+
+
+@hookimpl
+def dlinfer_openapi(spec: dict[str, Any], app: Any) -> None:
+    from .serving.openapi import describe
+
+    describe(spec)
+
+
+@hookimpl
+def dlinfer_grpc_services(server: Any, repository: Any) -> None:
+    from .serving.grpc import add_services
+
+    add_services(server, repository)

@@ -1,0 +1,168 @@
+"""What the TF-Serving REST and gRPC frontends share: finding the served
+model of a signature, model status, signature metadata, classify/regress."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import attrs
+import numpy as np
+
+from dlinfer import InvalidInput, ModelNotFound
+from dlinfer.inference import InferenceRequest, InferInput
+from dlinfer.repository import ModelRepository, ServedModel, check_name
+
+from ..signatures import CLASSIFY, DEFAULT_SIGNATURE, REGRESS, signature_def
+
+#: dlinfer repository states -> TF-Serving ModelVersionStatus.State names.
+STATES = {"READY": "AVAILABLE", "LOADING": "LOADING", "UNLOADING": "UNLOADING", "UNAVAILABLE": "END"}
+#: Signature keys of classification/regression signatures (TF's signature_constants).
+EXAMPLES_INPUT = "inputs"
+CLASSES, SCORES, REGRESS_OUTPUT = "classes", "scores", "outputs"
+
+
+async def import_protos() -> None:
+    """Import TensorFlow's protos off the event loop (importing TensorFlow takes seconds)."""
+    await asyncio.to_thread(_import_protos)
+
+
+def _import_protos() -> None:
+    from ..runtime import set_environment
+
+    set_environment()
+    import tensorflow_serving.apis.get_model_status_pb2  # noqa: F401
+
+
+def find_model(repository: ModelRepository, name: str, version: str | int | None) -> ServedModel:
+    """The served model ``name`` (latest version when ``version`` is None)."""
+    return repository.get(check_name(name), version)
+
+
+def signature_name_of(model: ServedModel) -> str:
+    sig = getattr(model.runner, "signature", None)
+    return sig.name if sig is not None else DEFAULT_SIGNATURE
+
+
+def for_signature(repository: ModelRepository, model: ServedModel, name: str) -> ServedModel:
+    """The served model running signature ``name`` of ``model`` (empty: the one it serves).
+
+    Other signatures of a SavedModel get their own ServedModel sharing the
+    loaded TensorFlow objects, so their requests also pass the scheduler,
+    queue limits and inference hooks.
+    """
+    current = signature_name_of(model)
+    if not name or name == current:
+        return model
+    signatures = getattr(model.runner, "signatures", None) or {}
+    if name not in signatures:
+        raise InvalidInput(
+            f"Serving signature name: {name!r} not found in signature def of model {model.name!r} "
+            f"(signatures: {', '.join(sorted(signatures)) or current})"
+        )
+    served = model.runner.signature_models.get(name)
+    if served is None:
+        config = attrs.evolve(
+            model.config, input=(), output=(), preprocess=(), postprocess=(), max_batch_size=None, parameters={}
+        )
+        served = ServedModel(
+            model.name,
+            model.version,
+            config,
+            model.runner.for_signature(name),
+            repository.plugins,
+            platform=model.platform,
+        )
+        model.runner.signature_models[name] = served
+    return served
+
+
+def signature_defs(model: ServedModel) -> dict[str, Any]:
+    """SignatureDef protos of every signature of ``model`` (one built from its tensors if it has none)."""
+    signatures = getattr(model.runner, "signatures", None)
+    if signatures:
+        return {
+            k: s.definition if s.definition is not None else signature_def(s.inputs, s.outputs, s.method_name)
+            for k, s in signatures.items()
+        }
+    return {DEFAULT_SIGNATURE: signature_def(model.inputs, model.outputs)}
+
+
+def version_status(repository: ModelRepository, name: str, version: str | None) -> list[dict[str, Any]]:
+    """TF-Serving ModelVersionStatus entries (as dicts) for ``name`` and optionally one version."""
+    check_name(name)
+    rows = [r for r in repository.index() if r["name"] == name]
+    if not rows:
+        raise ModelNotFound(f"model {name!r} is not in the repository")
+    if version is not None:
+        rows = [r for r in rows if r.get("version") == str(int(version))]
+        if not rows:
+            raise ModelNotFound(f"model {name!r} has no version {version}")
+    out = []
+    for r in rows:
+        failed = r["state"] == "UNAVAILABLE" and r["reason"] not in ("", "not loaded", "unloaded")
+        out.append(
+            {
+                "version": r.get("version", "0"),
+                "state": STATES.get(r["state"], "UNKNOWN"),
+                "status": {"error_code": "UNKNOWN" if failed else "OK", "error_message": r["reason"]},
+            }
+        )
+    return out
+
+
+def _check_method(model: ServedModel, method: str) -> str:
+    sig = getattr(model.runner, "signature", None)
+    actual = sig.method_name if sig is not None else "tensorflow/serving/predict"
+    if actual != method:
+        raise InvalidInput(
+            f"signature {signature_name_of(model)!r} of model {model.name!r} cannot serve this request: "
+            f"expected method_name {method}, the signature has {actual}"
+        )
+    names = [t.name for t in model.inputs]
+    if names != [EXAMPLES_INPUT] or model.inputs[0].datatype != "BYTES":
+        raise InvalidInput(f"signature {signature_name_of(model)!r} must take one string input {EXAMPLES_INPUT!r}")
+    return EXAMPLES_INPUT
+
+
+async def _run_examples(model: ServedModel, examples: list[bytes], method: str) -> dict[str, np.ndarray]:
+    name = _check_method(model, method)
+    if not examples:
+        raise InvalidInput("the request has no examples")
+    data = np.empty(len(examples), dtype=object)
+    data[:] = examples
+    response = await model.infer(InferenceRequest([InferInput(name, "BYTES", data.shape, data)]))
+    return {o.name: o.data for o in response.outputs}
+
+
+async def classify(model: ServedModel, examples: list[bytes]) -> list[list[tuple[str, float]]]:
+    """Per example, (label, score) pairs from a classification signature.
+
+    A signature with only scores labels classes by index ("0", "1", ...); with
+    only classes the scores are 0 (TF-Serving's behaviour).
+    """
+    out = await _run_examples(model, examples, CLASSIFY)
+    classes, scores = out.get(CLASSES), out.get(SCORES)
+    if classes is None and scores is None:
+        raise InvalidInput(f"classification signature of {model.name!r} has neither 'classes' nor 'scores'")
+    ref = scores if scores is not None else classes
+    assert ref is not None
+    ref = ref.reshape(len(examples), -1)
+    results = []
+    for i in range(len(examples)):
+        row = []
+        for j in range(ref.shape[1]):
+            label = classes.reshape(len(examples), -1)[i, j] if classes is not None else str(j)
+            score = float(scores.reshape(len(examples), -1)[i, j]) if scores is not None else 0.0
+            row.append((label.decode("utf-8", "replace") if isinstance(label, bytes) else str(label), score))
+        results.append(row)
+    return results
+
+
+async def regress(model: ServedModel, examples: list[bytes]) -> list[float]:
+    """One value per example from a regression signature."""
+    out = await _run_examples(model, examples, REGRESS)
+    values = out.get(REGRESS_OUTPUT)
+    if values is None or values.size != len(examples):
+        raise InvalidInput(f"regression signature of {model.name!r} must return one {REGRESS_OUTPUT!r} per example")
+    return [float(v) for v in values.reshape(-1)]

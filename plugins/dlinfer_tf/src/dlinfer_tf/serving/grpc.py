@@ -1,0 +1,198 @@
+"""TF-Serving's gRPC API on the node's gRPC port.
+
+``tensorflow.serving.PredictionService`` (Predict, Classify, Regress,
+GetModelMetadata) and ``tensorflow.serving.ModelService`` (GetModelStatus),
+wire-compatible with the ``tensorflow-serving-api`` client stubs. Handlers
+take raw bytes and parse them with the package's message classes on first
+use, so the node starts without importing TensorFlow.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from dlinfer import DlinferError, InvalidInput, ModelNotFound
+from dlinfer.datatypes import v2_datatype
+from dlinfer.inference import InferenceRequest, InferInput, RequestedOutput
+from dlinfer.repository import ModelRepository, ServedModel
+
+from . import common
+
+log = logging.getLogger("dlinfer.tf.grpc")
+
+PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
+MODEL_SERVICE = "tensorflow.serving.ModelService"
+#: tensorflow.error.Code values used in StatusProto.
+_TF_CODES = {"OK": 0, "UNKNOWN": 2}
+
+Handler = Callable[[bytes], Awaitable[Any]]
+
+
+class TFServing:
+    """Handlers of both services over one model repository."""
+
+    def __init__(self, repository: ModelRepository) -> None:
+        self.repository = repository
+
+    async def _handle(self, handler: Handler, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        from google.protobuf.message import DecodeError
+
+        try:
+            await common.import_protos()
+            return (await handler(raw)).SerializeToString()
+        except DlinferError as exc:
+            code, message = grpc.StatusCode[exc.grpc_code], exc.message
+        except DecodeError as exc:
+            code, message = grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {exc}"
+        except Exception as exc:
+            log.exception("TF-Serving gRPC request failed")
+            code, message = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+        await context.abort(code, message)
+        raise AssertionError("unreachable")  # abort raises
+
+    def handler(self, fn: Handler) -> grpc.RpcMethodHandler:
+        async def call(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            return await self._handle(fn, raw, context)
+
+        return grpc.unary_unary_rpc_method_handler(call)
+
+    # ------------------------------------------------------------- helpers
+
+    def _model(self, spec: Any) -> ServedModel:
+        if spec.version_label:
+            raise InvalidInput("version labels are not supported; ask for a version number")
+        version = spec.version.value if spec.HasField("version") else None
+        return common.find_model(self.repository, spec.name, version)
+
+    @staticmethod
+    def _spec(out: Any, model: ServedModel) -> None:
+        out.name = model.name
+        out.version.value = model.version
+        out.signature_name = common.signature_name_of(model)
+
+    @staticmethod
+    def _examples(message: Any) -> list[bytes]:
+        kind = message.WhichOneof("kind")
+        if kind == "example_list":
+            return [e.SerializeToString() for e in message.example_list.examples]
+        if kind == "example_list_with_context":
+            ctx = message.example_list_with_context.context
+            examples = []
+            for e in message.example_list_with_context.examples:
+                merged = type(ctx)()
+                merged.CopyFrom(ctx)
+                merged.MergeFrom(e)
+                examples.append(merged.SerializeToString())
+            return examples
+        raise InvalidInput("the request's input has no examples")
+
+    # ------------------------------------------------------------- methods
+
+    async def predict(self, raw: bytes) -> Any:
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+
+        req = predict_pb2.PredictRequest.FromString(raw)
+        model = common.for_signature(self.repository, self._model(req.model_spec), req.model_spec.signature_name)
+        inputs = []
+        for name, proto in req.inputs.items():
+            try:
+                arr = tf.make_ndarray(proto)
+            except Exception as exc:  # inconsistent TensorProto (size, dtype)
+                raise InvalidInput(f"input {name!r}: bad TensorProto: {exc}") from None
+            inputs.append(InferInput(name, v2_datatype(arr.dtype), arr.shape, arr))
+        outputs = [RequestedOutput(n) for n in req.output_filter]
+        response = await model.infer(InferenceRequest(inputs, outputs=outputs))
+        out = predict_pb2.PredictResponse()
+        self._spec(out.model_spec, model)
+        for o in response.outputs:
+            out.outputs[o.name].CopyFrom(tf.make_tensor_proto(o.data))
+        return out
+
+    async def classify(self, raw: bytes) -> Any:
+        from tensorflow_serving.apis import classification_pb2
+
+        req = classification_pb2.ClassificationRequest.FromString(raw)
+        model = common.for_signature(self.repository, self._model(req.model_spec), req.model_spec.signature_name)
+        results = await common.classify(model, self._examples(req.input))
+        out = classification_pb2.ClassificationResponse()
+        self._spec(out.model_spec, model)
+        for row in results:
+            classifications = out.result.classifications.add()
+            for label, score in row:
+                classifications.classes.add(label=label, score=score)
+        return out
+
+    async def regress(self, raw: bytes) -> Any:
+        from tensorflow_serving.apis import regression_pb2
+
+        req = regression_pb2.RegressionRequest.FromString(raw)
+        model = common.for_signature(self.repository, self._model(req.model_spec), req.model_spec.signature_name)
+        values = await common.regress(model, self._examples(req.input))
+        out = regression_pb2.RegressionResponse()
+        self._spec(out.model_spec, model)
+        for v in values:
+            out.result.regressions.add(value=v)
+        return out
+
+    async def metadata(self, raw: bytes) -> Any:
+        from tensorflow_serving.apis import get_model_metadata_pb2 as pb
+
+        req = pb.GetModelMetadataRequest.FromString(raw)
+        fields = list(req.metadata_field)
+        if fields != ["signature_def"]:
+            raise InvalidInput(f"metadata_field must be ['signature_def'] (the only metadata served), got {fields}")
+        model = self._model(req.model_spec)
+        sig_map = pb.SignatureDefMap()
+        for name, definition in common.signature_defs(model).items():
+            sig_map.signature_def[name].CopyFrom(definition)
+        out = pb.GetModelMetadataResponse()
+        self._spec(out.model_spec, model)
+        out.model_spec.ClearField("signature_name")
+        out.metadata["signature_def"].Pack(sig_map)
+        return out
+
+    async def status(self, raw: bytes) -> Any:
+        from tensorflow_serving.apis import get_model_status_pb2 as pb
+        from tensorflow_serving.apis.status_pb2 import StatusProto
+
+        req = pb.GetModelStatusRequest.FromString(raw)
+        spec = req.model_spec
+        if spec.version_label:
+            raise InvalidInput("version labels are not supported; ask for a version number")
+        version = str(spec.version.value) if spec.HasField("version") else None
+        if not spec.name:
+            raise ModelNotFound("model_spec.name is empty")
+        out = pb.GetModelStatusResponse()
+        for s in common.version_status(self.repository, spec.name, version):
+            out.model_version_status.add(
+                version=int(s["version"]),
+                state=pb.ModelVersionStatus.State.Value(s["state"]),
+                status=StatusProto(
+                    error_code=_TF_CODES[s["status"]["error_code"]], error_message=s["status"]["error_message"]
+                ),
+            )
+        return out
+
+
+def add_services(server: Any, repository: ModelRepository) -> None:
+    """Register both TF-Serving services on ``server`` (a ``grpc.aio`` server)."""
+    svc = TFServing(repository)
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                PREDICTION_SERVICE,
+                {
+                    "Predict": svc.handler(svc.predict),
+                    "Classify": svc.handler(svc.classify),
+                    "Regress": svc.handler(svc.regress),
+                    "GetModelMetadata": svc.handler(svc.metadata),
+                },
+            ),
+            grpc.method_handlers_generic_handler(MODEL_SERVICE, {"GetModelStatus": svc.handler(svc.status)}),
+        )
+    )

@@ -1,0 +1,89 @@
+"""TF-Serving's REST API on the node's HTTP port.
+
+``POST /v1/models/{m}[/versions/{v}]:predict|:classify|:regress`` and
+``GET /v1/models/{m}[/versions/{v}][/metadata]``. Errors are TF-Serving's
+``{"error": "..."}`` with the status of the dlinfer error class (400 for bad
+input, 404 for an unknown model or version, 429/503/504 for load).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from dlinfer import Unavailable
+from dlinfer.inference import InferenceRequest
+from dlinfer.repository import ModelRepository
+from dlinfer.server.app import REPOSITORY, STATE
+from dlinfer.server.v2_http import read_body
+
+from . import common
+from .rest_json import decode_tensors, encode_predictions, examples_from_json, parse_body
+
+MODEL = "/v1/models/{model:[^/:]+}"
+VERSION = MODEL + "/versions/{version:[0-9]+}"
+VERB = ":{verb:predict|classify|regress}"
+
+routes = web.RouteTableDef()
+
+
+def _json(doc: Any) -> web.Response:
+    return web.Response(body=orjson.dumps(doc), content_type="application/json")
+
+
+def _model(request: web.Request) -> Any:
+    return common.find_model(request.app[REPOSITORY], request.match_info["model"], request.match_info.get("version"))
+
+
+@routes.post(MODEL + VERB)
+@routes.post(VERSION + VERB)
+async def call(request: web.Request) -> web.Response:
+    if request.app[STATE].draining:
+        raise Unavailable("server is shutting down")
+    repository: ModelRepository = request.app[REPOSITORY]
+    doc = parse_body(await read_body(request))
+    model = common.for_signature(repository, _model(request), doc.get("signature_name", ""))
+    verb = request.match_info["verb"]
+    if verb == "predict":
+        inputs, row = decode_tensors(doc, model.inputs)
+        response = await model.infer(InferenceRequest(inputs))
+        return web.Response(body=encode_predictions(response.outputs, row), content_type="application/json")
+    await common.import_protos()
+    examples = examples_from_json(doc)
+    if verb == "classify":
+        return _json({"result": [[list(pair) for pair in row] for row in await common.classify(model, examples)]})
+    return _json({"result": await common.regress(model, examples)})
+
+
+@routes.get(MODEL)
+@routes.get(VERSION)
+async def status(request: web.Request) -> web.Response:
+    statuses = common.version_status(
+        request.app[REPOSITORY], request.match_info["model"], request.match_info.get("version")
+    )
+    return _json({"model_version_status": statuses})
+
+
+@routes.get(MODEL + "/metadata")
+@routes.get(VERSION + "/metadata")
+async def metadata(request: web.Request) -> web.Response:
+    from google.protobuf import json_format
+
+    model = _model(request)
+    await common.import_protos()
+    defs = {
+        name: json_format.MessageToDict(d, preserving_proto_field_name=True)
+        for name, d in common.signature_defs(model).items()
+    }
+    return _json(
+        {
+            "model_spec": {"name": model.name, "signature_name": "", "version": str(model.version)},
+            "metadata": {"signature_def": {"signature_def": defs}},
+        }
+    )
+
+
+def add_routes(app: web.Application, repository: ModelRepository) -> None:
+    app.add_routes(routes)
