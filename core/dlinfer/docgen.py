@@ -79,6 +79,23 @@ def _table(cls: type, title: str, lines: list[str]) -> None:
             _table(typing.get_args(tp)[0], f"`[[{f.name}]]` entries", lines)
 
 
+def hookspec_names(module: Any) -> list[str]:
+    """Names of the hook specifications declared in ``module``."""
+    return sorted(
+        name for name, obj in vars(module).items() if name.startswith("dlinfer_") and hasattr(obj, "dlinfer_spec")
+    )
+
+
+def undocumented_hooks(module: Any, docs_text: str) -> list[str]:
+    """Hookspecs of ``module`` without a ``## `name``` section in ``docs_text``."""
+    return [n for n in hookspec_names(module) if f"## `{n}`" not in docs_text]
+
+
+def unexercised_hooks(module: Any, test_sources: list[str]) -> list[str]:
+    """Hookspecs of ``module`` that no test source mentions."""
+    return [n for n in hookspec_names(module) if not any(n in src for src in test_sources)]
+
+
 def reference() -> str:
     """The whole configuration reference as Markdown."""
     lines = [
