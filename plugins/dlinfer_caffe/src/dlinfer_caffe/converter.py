@@ -1,0 +1,112 @@
+"""``dlinfer-core convert --from caffe --to onnx``: Caffe files -> an ONNX file.
+
+Validation runs the converted model in ONNX Runtime and, where OpenCV is
+installed, compares it with OpenCV DNN's own reading of the Caffe files (the
+only independent Caffe implementation that installs today).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dlinfer import ConfigError, ModelLoadError
+from dlinfer.convert import Converter, ConvertOptions, ConvertResult
+
+from .reader import PROTOTXT, find_model_files, read_caffemodel, read_prototxt, weights_by_layer
+from .to_onnx import caffemodel_blobs, convert_net
+
+
+def convert_files(prototxt: Path, caffemodel: Path, *, opset: int | None = None, dynamic_batch: bool = True) -> Any:
+    """Read a Caffe model's two files and convert them to an ``onnx.ModelProto``."""
+    net = read_prototxt(prototxt)
+    weights = weights_by_layer(read_caffemodel(caffemodel))
+    return convert_net(net, caffemodel_blobs(weights, caffemodel.name), opset=opset, dynamic_batch=dynamic_batch)
+
+
+def model_files(src: Path, extra: dict[str, Any]) -> tuple[Path, Path]:
+    """The prototxt and caffemodel of ``src``: a version folder, or either file
+    (the other one beside it, or named by ``--option prototxt=`` / ``caffemodel=``)."""
+    if "prototxt" in extra or "caffemodel" in extra or src.is_file():
+        folder = src if src.is_dir() else src.parent
+        prototxt = Path(extra.get("prototxt") or (src if src.suffix == ".prototxt" else folder / PROTOTXT))
+        if "caffemodel" in extra:
+            caffemodel = Path(extra["caffemodel"])
+        elif src.suffix == ".caffemodel":
+            caffemodel = src
+        else:
+            caffemodel = find_model_files(folder)[1]
+        return prototxt, caffemodel
+    return find_model_files(src)
+
+
+def opencv_outputs(
+    prototxt: Path, caffemodel: Path, inputs: dict[str, np.ndarray], blobs: list[str]
+) -> dict[str, np.ndarray]:
+    """Run the Caffe files in OpenCV DNN and return the named blobs.
+
+    OpenCV names results by the layer that produced them, so each blob is
+    looked up through the last layer writing it (and that layer's top index).
+    """
+    import cv2
+
+    from .reader import inference_layers
+
+    last: dict[str, tuple[str, int]] = {}
+    for layer in inference_layers(read_prototxt(prototxt)):
+        for i, top in enumerate(layer.top):
+            last[top] = (layer.name, i)
+    layers = sorted({last[b][0] for b in blobs})
+    net = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
+    for name, value in inputs.items():
+        net.setInput(value, name)
+    results = dict(zip(layers, net.forwardAndRetrieve(layers), strict=True))
+    return {b: results[last[b][0]][last[b][1]] for b in blobs}
+
+
+class CaffeToOnnx(Converter):
+    """Caffe deploy.prototxt + .caffemodel -> ONNX."""
+
+    name = "caffe-onnx"
+    source_formats = ("caffe",)
+    target_format = "onnx"
+
+    def convert(self, src: Path, dst: Path, options: ConvertOptions) -> ConvertResult:
+        try:
+            prototxt, caffemodel = model_files(src, options.extra)
+            model = convert_files(prototxt, caffemodel, opset=options.opset, dynamic_batch=options.dynamic_batch)
+        except ModelLoadError as exc:
+            raise ConfigError(f"{src}: {exc}") from None
+        dst.write_bytes(model.SerializeToString())
+        if not options.validate:
+            return ConvertResult(dst, notes=("not validated (--no-validate)",))
+        return self._validate(prototxt, caffemodel, dst, model, options)
+
+    def _validate(
+        self, prototxt: Path, caffemodel: Path, dst: Path, model: Any, options: ConvertOptions
+    ) -> ConvertResult:
+        import onnxruntime as ort
+
+        from dlinfer.numerics import compare_outputs
+
+        session = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
+        rng = np.random.default_rng(0)
+        feed = {
+            i.name: rng.standard_normal([d if isinstance(d, int) else 1 for d in i.shape]).astype(np.float32)
+            for i in session.get_inputs()
+        }
+        names = [o.name for o in session.get_outputs()]
+        ours = dict(zip(names, session.run(names, feed), strict=True))
+        try:
+            import cv2
+        except ImportError:
+            return ConvertResult(
+                dst, notes=("ran in ONNX Runtime; install opencv-python-headless<5 to compare with OpenCV DNN",)
+            )
+        theirs = opencv_outputs(prototxt, caffemodel, feed, names)
+        expected = {n: theirs[n].reshape(ours[n].shape) for n in names}
+        cmp = compare_outputs(expected, ours, options.atol, options.rtol)
+        note = f"compared with OpenCV DNN {cv2.__version__}: {cmp.describe()}"
+        return ConvertResult(dst, cmp.max_abs_error, cmp.max_rel_error, (note,))
