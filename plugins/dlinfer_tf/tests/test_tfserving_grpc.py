@@ -129,9 +129,8 @@ def test_model_status(channel):
     req.model_spec.name = "multi"
     resp = stub.GetModelStatus(req, timeout=30)
     states = [(s.version, s.state) for s in resp.model_version_status]
-    assert states == [(1, get_model_status_pb2.ModelVersionStatus.AVAILABLE)] + [
-        (2, get_model_status_pb2.ModelVersionStatus.AVAILABLE)
-    ]
+    available = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+    assert states == [(1, available), (2, available)]
     req.model_spec.name = "bad_signature"
     bad = stub.GetModelStatus(req, timeout=30).model_version_status[0]
     assert bad.state == get_model_status_pb2.ModelVersionStatus.END

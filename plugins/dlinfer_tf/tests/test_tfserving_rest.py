@@ -163,3 +163,12 @@ def test_errors_are_tfserving_style_and_the_server_keeps_serving(node, path, bod
     assert r.status_code == status, r.text
     assert set(r.json()) == {"error"} and message in r.json()["error"]
     assert _post(node, "tf1:predict", {"instances": [[1, 2, 3]]}).status_code == 200
+
+
+def test_reload_closes_and_replaces_other_signatures(node):
+    body = {"signature_name": "classify", "examples": [{"x": [1.0, 2.0, 3.0]}]}
+    before = _ok(_post(node, "tf1:classify", body))["result"]
+    r = requests.post(f"{node.url}/v2/repository/models/tf1/load", timeout=60)
+    assert r.status_code == 200, r.text
+    assert _ok(_post(node, "tf1:classify", body))["result"] == before
+    assert _ok(_post(node, "tf1:predict", {"instances": [[1, 2, 3]]}))["predictions"]

@@ -61,3 +61,25 @@ def test_wrong_dtype_is_refused(client):
     x = np.zeros((1, 3), dtype=np.float64)
     with pytest.raises(Exception, match="datatype FP64 does not match"):
         client.infer("tf1", [_input("x", x, "FP64")])
+
+
+def test_v2_grpc_beside_tfserving_grpc(grpc_target, reference, call_tf):
+    """V2's GRPCInferenceService and TF-Serving's services share the node's gRPC port."""
+    import grpc
+    import tensorflow as tf
+    import tritonclient.grpc as grpcclient
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    x = np.random.default_rng(4).standard_normal((2, 3)).astype(np.float32)
+    expected = call_tf(reference["tf1"], x=x)["y"]
+    v2 = grpcclient.InferenceServerClient(grpc_target)
+    inp = grpcclient.InferInput("x", [2, 3], "FP32")
+    inp.set_data_from_numpy(x)
+    np.testing.assert_allclose(v2.infer("tf1", [inp]).as_numpy("y"), expected, atol=ATOL)
+    v2.close()
+    with grpc.insecure_channel(grpc_target) as channel:
+        req = predict_pb2.PredictRequest()
+        req.model_spec.name = "tf1"
+        req.inputs["x"].CopyFrom(tf.make_tensor_proto(x))
+        resp = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(req, timeout=30)
+    np.testing.assert_allclose(tf.make_ndarray(resp.outputs["y"]), expected, atol=ATOL)

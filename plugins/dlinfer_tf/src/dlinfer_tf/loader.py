@@ -17,6 +17,7 @@ model and the node both set ``allow_pickle``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,9 @@ from .runtime import import_tensorflow
 from .signatures import DEFAULT_SIGNATURE, PREDICT, Signature, signature_def, tensor_spec
 
 log = logging.getLogger("dlinfer.tf")
+
+#: How long unloading waits for the served models of other signatures to drain.
+SIGNATURE_CLOSE_TIMEOUT_S = 60.0
 
 
 class TFRunner(Runner):
@@ -45,8 +49,9 @@ class TFRunner(Runner):
         self.inputs = list(self.signature.inputs)
         self.outputs = list(self.signature.outputs)
         self._holder = holder  # the loaded object: its variables live as long as it does
-        #: Served models of the other signatures, kept by the TF-Serving frontend.
+        #: Served models of the other signatures, made by the TF-Serving frontend on the event loop.
         self.signature_models: dict[str, Any] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.signature.call(inputs)
@@ -55,13 +60,37 @@ class TFRunner(Runner):
         """A runner for signature ``name`` sharing this model (closing it frees nothing)."""
         return TFRunner(self.signatures, name, self.platform, None)
 
-    def close(self) -> None:
-        for served in self.signature_models.values():
-            served.scheduler.close()
+    def add_signature_model(self, name: str, served: Any) -> None:
+        """Keep the served model of signature ``name``; it is drained and closed with this runner."""
+        self._loop = asyncio.get_running_loop()
+        self.signature_models[name] = served
+
+    def _close_signature_models(self) -> None:
+        served_models = list(self.signature_models.items())
         self.signature_models.clear()
+        if not served_models or self._loop is None or self._loop.is_closed():
+            return
+        for name, served in served_models:
+            try:
+                if _running_loop() is self._loop:
+                    self._loop.create_task(served.close())
+                else:  # the usual case: unloading closes runners in a worker thread
+                    asyncio.run_coroutine_threadsafe(served.close(), self._loop).result(SIGNATURE_CLOSE_TIMEOUT_S)
+            except Exception as exc:
+                log.warning("closing signature %r of model %s failed: %s", name, served.name, exc)
+
+    def close(self) -> None:
+        self._close_signature_models()
         self.signatures = {}
         self.signature = None  # type: ignore[assignment]
         self._holder = None
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _parameter(config: ModelConfig, key: str, default: Any, kind: type, word: str) -> Any:

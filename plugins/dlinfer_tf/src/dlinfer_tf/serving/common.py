@@ -73,7 +73,7 @@ def for_signature(repository: ModelRepository, model: ServedModel, name: str) ->
             repository.plugins,
             platform=model.platform,
         )
-        model.runner.signature_models[name] = served
+        model.runner.add_signature_model(name, served)
     return served
 
 
