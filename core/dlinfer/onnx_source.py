@@ -1,0 +1,47 @@
+"""The ONNX form of a loaded model, for optimizers that start from ONNX
+(ONNX Runtime, OpenVINO, TensorRT): the model's own file, or one exported by
+the registered converter for its format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .convert import ConvertOptions, detect_format, find_converter
+from .errors import DlinferError, ModelLoadError
+from .optimize import OptimizeContext
+
+
+def source_format(ctx: OptimizeContext) -> str:
+    return ctx.config.format or detect_format(ctx.plugins, ctx.path)
+
+
+def has_onnx(ctx: OptimizeContext) -> bool:
+    """Whether an ONNX form exists or a converter can make one (nothing is converted)."""
+    try:
+        fmt = source_format(ctx)
+        if fmt != "onnx":
+            find_converter(ctx.plugins, fmt, "onnx")
+    except DlinferError:
+        return False
+    return True
+
+
+def onnx_file(ctx: OptimizeContext) -> Path:
+    """An ONNX file of the model; exported at most once per pipeline, into the
+    pipeline's scratch folder, never into the model repository."""
+    cached = ctx.cache.get("onnx")
+    if cached is not None:
+        return cached
+    fmt = source_format(ctx)
+    if fmt == "onnx":
+        name = ctx.config.parameters.get("filename", "model.onnx")
+        f = ctx.path / str(name)
+        if not f.is_file():
+            raise ModelLoadError(f"version folder {ctx.path.name!r} has no {name}")
+    else:
+        converter = find_converter(ctx.plugins, fmt, "onnx")
+        # The pipeline's gate compares against the loaded model itself; no second check here.
+        options = ConvertOptions(model_config=ctx.config, validate=False)
+        f = converter.convert(ctx.path, ctx.workdir / "model.onnx", options).output
+    ctx.cache["onnx"] = f
+    return f
