@@ -23,12 +23,13 @@ examples:
   dlinfer-core --model-repository ./models --port 9000
   dlinfer-core plugins list                       show installed plugins and their hooks
   dlinfer-core models --config node.toml          load every model once and report errors
+  dlinfer-core optimize resnet50 --config node.toml   try optimizers, record the fastest valid one
 
   curl -s localhost:8000/v2/models/mymodel/infer -d '{"inputs": [{"name": "x",
        "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}'
 """
 
-COMMANDS = ("serve", "plugins", "models", "convert")
+COMMANDS = ("serve", "plugins", "models", "convert", "optimize", "openapi")
 
 
 def _common() -> argparse.ArgumentParser:
@@ -70,6 +71,7 @@ def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
     plugins_p = sub.add_parser("plugins", parents=[common], help="inspect plugins")
     plugins_p.add_argument("action", choices=["list"], help="list installed plugins")
     plugins_p.add_argument("--json", action="store_true", help="print JSON")
+    sub.add_parser("openapi", parents=[common], help="print the node's OpenAPI 3.1 document (JSON)")
     models = sub.add_parser("models", parents=[common], help="load each model once and report its state")
     models.add_argument("--json", action="store_true", help="print JSON")
     conv = sub.add_parser("convert", parents=[common], help="convert a model (e.g. to ONNX)")
@@ -84,6 +86,22 @@ def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
     conv.add_argument(
         "--option", action="append", default=[], metavar="KEY=VALUE", help="converter-specific option (repeatable)"
     )
+    opt = sub.add_parser(
+        "optimize", parents=[common], help="try optimizer pipelines on a model and record the fastest valid one"
+    )
+    opt.add_argument("model", help="model name in the repository")
+    opt.add_argument("--version", dest="model_version", type=int, help="version folder (default: the latest)")
+    opt.add_argument(
+        "--candidate",
+        action="append",
+        default=[],
+        metavar="A,B",
+        help="a pipeline to try, optimizer names joined by commas (repeatable; default: every installed one)",
+    )
+    opt.add_argument("--reduced-precision", action="store_true", help="also try bf16/int8 (numerics change)")
+    opt.add_argument("--batch-sizes", default="1,8", help="latency at the first, throughput at the last (default 1,8)")
+    opt.add_argument("--min-seconds", type=float, default=1.0, help="time each variant at least this long per batch")
+    opt.add_argument("--dry-run", action="store_true", help="report only; leave config.toml as it is")
     if plugins is not None:
         plugins.hook.dlinfer_addoption(parser=serve)
     return parser
@@ -170,6 +188,69 @@ def cmd_convert(plugins: Plugins, ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_optimize(config: NodeConfig, plugins: Plugins, ns: argparse.Namespace) -> int:
+    import attrs
+
+    from .optimize import OptimizeContext, autotune, best_variant, candidate_pipelines, record_pipeline
+    from .repository import ModelRepository, safe_child
+
+    repo = ModelRepository(config, plugins)
+    cfg = repo.read_config(ns.model)
+    versions = repo.versions_on_disk(ns.model)
+    version = ns.model_version or (versions[-1] if versions else None)
+    if version not in versions:
+        raise ConfigError(f"model {ns.model!r} has no version folder {version} (on disk: {versions})")
+    path = safe_child(repo.root, repo.model_dir(ns.model), str(version))
+    plain = attrs.evolve(cfg, optimize=())
+    try:
+        sizes = sorted({int(b) for b in ns.batch_sizes.split(",")})
+    except ValueError:
+        raise ConfigError(f"--batch-sizes {ns.batch_sizes!r}: expected integers joined by commas") from None
+
+    def load() -> Any:
+        return plugins.hook.dlinfer_load_model(config=plain, path=path, node_config=config)
+
+    if ns.candidate:
+        pipelines = [(), *(tuple(n for n in c.split(",") if n) for c in ns.candidate)]
+    else:
+        probe = load()
+        try:
+            ctx = lambda: OptimizeContext(plain, path, config, plugins, [], path)  # noqa: E731
+            pipelines = candidate_pipelines(plugins, probe, ctx, ns.reduced_precision)
+        finally:
+            probe.close()
+    try:
+        from tqdm import tqdm
+
+        def progress(items: Any) -> Any:
+            return tqdm(items, desc=f"optimizing {ns.model}", unit="variant", file=sys.stderr)
+    except ImportError:
+        progress = iter
+    variants = autotune(load, plain, path, plugins, pipelines, sizes, min_s=ns.min_seconds, progress=progress)
+    rows = []
+    for v in variants:
+        timing = (f"{v.latency_ms:.2f}", f"{v.throughput:.1f}") if v.valid else ("-", "-")
+        errors = (f"{v.max_abs_error:.2g}", f"{v.max_rel_error:.2g}") if v.valid and v.pipeline else ("-", "-")
+        rows.append((v.label, "yes" if v.valid else "REJECTED", *timing, *errors, v.reason[:100]))
+    b1, bn = sizes[0], sizes[-1]
+    _table(("variant", "valid", f"latency b{b1} ms", f"rows/s b{bn}", "max abs err", "max rel err", "reason"), rows)
+    best = best_variant(variants)
+    print(f"fastest validated variant: {best.label}")
+    if not ns.dry_run:
+        record_pipeline(repo.model_dir(ns.model) / "config.toml", best.pipeline)
+        print(f"recorded optimize = {list(best.pipeline)} in {ns.model}/config.toml")
+    return 0
+
+
+def cmd_openapi(config: NodeConfig, plugins: Plugins) -> int:
+    """Print the document the node would serve at /v2/-/openapi.json (nothing is started or loaded)."""
+    from .server import create_app
+    from .server.openapi import openapi_document
+
+    print(orjson.dumps(openapi_document(create_app(config, plugins)), option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     cells = [list(map(str, header)), *[[str(c) for c in r] for r in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
@@ -191,6 +272,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_models(config, plugins, ns)
         if ns.command == "convert":
             return cmd_convert(plugins, ns)
+        if ns.command == "openapi":
+            return cmd_openapi(config, plugins)
+        if ns.command == "optimize":
+            return cmd_optimize(config, plugins, ns)
         from .server import serve
 
         plugins.hook.dlinfer_options(options=ns)

@@ -137,13 +137,18 @@ def dlinfer_converters() -> list[type]:
 
 @hookspec
 def dlinfer_optimizers() -> list[type]:
-    """Return optimizer classes.
+    """Return optimizer classes (subclasses of :class:`dlinfer.optimize.Optimizer`).
 
-    Each has ``name``, ``applies_to(model: ServedModel) -> bool`` and
-    ``optimize(model: ServedModel, options: dict) -> Runner``. A model's
-    ``optimize = [...]`` list runs them in order; each step's outputs are
-    compared with the step before and a step that changes numerics beyond
-    the model's tolerance is rejected with a logged reason.
+    Each has ``name``, ``applies_to(runner, ctx) -> bool`` and
+    ``optimize(runner, ctx) -> Runner``; ``ctx`` (an ``OptimizeContext``) carries
+    the model config, the version folder, the sample inputs and the step's
+    ``[optimize_options.<name>]`` table. After a version loads, its
+    ``optimize = [...]`` list runs in order, in the loading worker thread. Each
+    step's outputs on the samples are compared with the model as loaded; a step
+    that raises, changes the tensors or leaves ``[optimize_tolerance]`` is
+    rejected with a logged reason and the runner before it is kept.
+    ``reduced_precision = True`` marks bf16/int8-style optimizers, which carry
+    their own default ``tolerance``.
     """
 
 

@@ -39,6 +39,7 @@ from .errors import (
 )
 from .inference import InferenceRequest, InferenceResponse, InferOutput
 from .model import ModelConfig, Runner, TensorSpec, model_config_from_dict
+from .optimize import optimize_runner
 from .scheduler import DirectScheduler, DynamicBatcher, Scheduler
 from .settings import read_toml
 
@@ -549,6 +550,7 @@ class ModelRepository:
         path = safe_child(self.root, mdir, str(version))
         check_tree(self.root, path)
         runner = self.plugins.hook.dlinfer_load_model(config=cfg, path=path, node_config=self.config)
+        runner = optimize_runner(runner, cfg, path, self.plugins)
         try:
             return ServedModel(name, version, cfg, runner, self.plugins, platform=getattr(runner, "platform", ""))
         except BaseException:

@@ -1,0 +1,474 @@
+"""The optimizer pipeline: a model config's ``optimize = [...]`` applied after loading.
+
+Optimizers come from the ``dlinfer_optimizers`` hook. Each step turns the current
+:class:`Runner` into a new one (a frozen TorchScript module, an ONNX Runtime or
+OpenVINO session, ...). Every step is run on the same sample inputs as the model
+as loaded and compared with :func:`dlinfer.numerics.compare_outputs`; a step that
+fails, errors or changes the model's tensors is rejected with a logged reason and
+the runner before it is kept. Comparing against the original (not the step
+before) means small errors cannot add up along a long pipeline.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import attrs
+import numpy as np
+
+from .datatypes import numpy_dtype
+from .errors import ConfigError, ModelLoadError
+from .model import ModelConfig, OptimizeTolerance, Runner, TensorSpec
+from .numerics import Comparison, compare_outputs
+
+if TYPE_CHECKING:
+    from .config import NodeConfig
+    from .plugins import Plugins
+
+log = logging.getLogger("dlinfer.optimize")
+
+#: Generated samples: how many batches, and the batch size for a dynamic batch dimension.
+SAMPLE_COUNT = 3
+SAMPLE_BATCH = 2
+#: Keys of ``[optimize_options.<name>]`` that set the gate rather than the optimizer.
+TOLERANCE_KEYS = ("atol", "rtol", "top1")
+
+
+@attrs.define
+class OptimizeContext:
+    """What an optimizer may use besides the runner: the model, its files, the samples."""
+
+    config: ModelConfig
+    #: The version folder the model was loaded from (read-only for optimizers).
+    path: Path
+    node_config: NodeConfig
+    plugins: Plugins
+    #: Sample input batches (the gate's inputs; also calibration data for int8).
+    samples: list[dict[str, np.ndarray]]
+    #: A scratch folder removed after the pipeline (exported ONNX files and the like).
+    workdir: Path
+    #: This step's ``[optimize_options.<name>]`` table, gate keys removed.
+    options: dict[str, Any] = attrs.field(factory=dict)
+    #: Shared between the steps of one pipeline (e.g. the ONNX file exported once).
+    cache: dict[str, Any] = attrs.field(factory=dict)
+
+    def threads(self) -> int:
+        """Intra-op threads for a new session: the model's setting, else the node's."""
+        return self.config.threads or self.node_config.intra_op_threads
+
+
+class Optimizer(abc.ABC):
+    """A transformation of a loaded model that keeps its inputs and outputs.
+
+    Classes are returned from the ``dlinfer_optimizers`` hook and instantiated
+    once per pipeline step.
+    """
+
+    #: Unique name that model configs use in ``optimize = [...]``.
+    name: ClassVar[str]
+    #: Changes numerics on purpose (bf16, int8): ``dlinfer-core optimize`` tries it only
+    #: when asked, and the gate uses :attr:`tolerance` instead of the f32 default.
+    reduced_precision: ClassVar[bool] = False
+    #: The gate for this step when config gives no ``[optimize_options.<name>]`` override;
+    #: None: the model's ``[optimize_tolerance]``.
+    tolerance: ClassVar[OptimizeTolerance | None] = None
+
+    def applies_to(self, runner: Runner, ctx: OptimizeContext) -> bool:
+        """Whether this optimizer can transform ``runner`` (cheap; no side effects)."""
+        return True
+
+    @abc.abstractmethod
+    def optimize(self, runner: Runner, ctx: OptimizeContext) -> Runner:
+        """Return the optimized runner (or ``runner`` itself when it changed in place).
+
+        The pipeline closes ``runner`` once the result is accepted, so the result
+        must hold its own references to anything of ``runner`` it keeps using.
+        Raise any exception to have the step rejected with that reason.
+        """
+
+
+@attrs.frozen
+class StepReport:
+    """What happened to one pipeline step."""
+
+    name: str
+    accepted: bool
+    reason: str = ""
+    comparison: Comparison | None = None
+
+
+@attrs.define
+class PipelineResult:
+    runner: Runner
+    steps: list[StepReport]
+
+    @property
+    def applied(self) -> list[str]:
+        return [s.name for s in self.steps if s.accepted]
+
+
+# ------------------------------------------------------------------ samples
+
+
+def generate_samples(inputs: Sequence[TensorSpec], count: int = SAMPLE_COUNT, seed: int = 0) -> list[dict]:
+    """Random input batches shaped by the specs (dynamic dims: batch 2, others 1).
+
+    Floats are standard normal, integers small non-negative (valid indices for an
+    embedding table of any size), booleans random. BYTES cannot be invented: such
+    models need ``optimize_samples``.
+    """
+    rng = np.random.default_rng(seed)
+    batches = []
+    for _ in range(count):
+        batch: dict[str, np.ndarray] = {}
+        for spec in inputs:
+            if spec.datatype == "BYTES":
+                raise ModelLoadError(
+                    f"input {spec.name!r} is BYTES: random samples cannot be generated for it; "
+                    "put sample inputs (*.npz) in a folder and name it in optimize_samples"
+                )
+            shape = [SAMPLE_BATCH if (d == -1 and i == 0) else (1 if d == -1 else d) for i, d in enumerate(spec.shape)]
+            dtype = numpy_dtype(spec.datatype)
+            if dtype.kind == "f":
+                arr = rng.standard_normal(shape).astype(dtype)
+            elif dtype.kind == "b":
+                arr = rng.integers(0, 2, shape).astype(bool)
+            else:
+                arr = rng.integers(0, 2, shape).astype(dtype)
+            batch[spec.name] = arr
+        batches.append(batch)
+    return batches
+
+
+def read_samples(folder: Path, inputs: Sequence[TensorSpec]) -> list[dict[str, np.ndarray]]:
+    """Sample batches from ``*.npz`` files (one batch each, arrays named like the inputs)."""
+    files = sorted(folder.glob("*.npz"))
+    if not files:
+        raise ModelLoadError(f"optimize_samples folder {folder.name!r} has no *.npz files")
+    names = [t.name for t in inputs]
+    batches = []
+    for f in files:
+        with np.load(f, allow_pickle=False) as data:
+            missing = [n for n in names if n not in data.files]
+            if missing:
+                raise ModelLoadError(f"sample {f.name} lacks inputs {missing} (it has {data.files})")
+            batches.append({n: data[n] for n in names})
+    return batches
+
+
+def model_samples(runner: Runner, config: ModelConfig, model_dir: Path) -> list[dict[str, np.ndarray]]:
+    """The samples the gate runs: ``optimize_samples`` when set, else generated."""
+    if not config.optimize_samples:
+        return generate_samples(runner.inputs)
+    folder = (model_dir / config.optimize_samples).resolve()
+    if not folder.is_relative_to(model_dir.resolve()) or not folder.is_dir():
+        raise ModelLoadError(f"optimize_samples {config.optimize_samples!r} is not a folder inside the model's folder")
+    return read_samples(folder, runner.inputs)
+
+
+# --------------------------------------------------------------------- gate
+
+
+def step_tolerance(config: ModelConfig, optimizer: Optimizer) -> OptimizeTolerance:
+    """The gate for one step: config overrides, else the optimizer's own, else the model's."""
+    base = optimizer.tolerance or config.optimize_tolerance
+    table = config.optimize_options.get(optimizer.name, {})
+    changes = {k: table[k] for k in TOLERANCE_KEYS if k in table}
+    try:
+        return attrs.evolve(base, **changes)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"optimize_options.{optimizer.name}: {exc}") from None
+
+
+def top1_agrees(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray]) -> bool:
+    """Same arg-max along the last axis for every float output with more than one class."""
+    for (_, e), a in zip(expected.items(), actual.values(), strict=True):
+        e, a = np.asarray(e), np.asarray(a)
+        if e.dtype.kind == "f" and e.ndim >= 1 and e.shape[-1] > 1:
+            if not np.array_equal(e.argmax(-1), a.argmax(-1)):
+                return False
+    return True
+
+
+def check(
+    reference: list[dict[str, np.ndarray]],
+    runner: Runner,
+    samples: list[dict[str, np.ndarray]],
+    tolerance: OptimizeTolerance,
+) -> Comparison:
+    """Run ``runner`` on the samples and compare with the reference outputs (worst case over samples)."""
+    max_abs = max_rel = 0.0
+    worst = ""
+    ok = True
+    for sample, expected in zip(samples, reference, strict=True):
+        actual = runner.predict(sample)
+        c = compare_outputs(expected, actual, atol=tolerance.atol, rtol=tolerance.rtol)
+        ok &= c.ok and (not tolerance.top1 or top1_agrees(expected, actual))
+        if c.max_abs_error >= max_abs:
+            worst = c.worst_output
+        max_abs = max(max_abs, c.max_abs_error)
+        max_rel = max(max_rel, c.max_rel_error)
+    return Comparison(max_abs, max_rel, worst, ok)
+
+
+def _same_tensors(before: Runner, after: Runner) -> str:
+    """Why ``after`` cannot stand in for ``before`` (renamed or retyped tensors), or ''."""
+    for kind in ("inputs", "outputs"):
+        a = {t.name: t.datatype for t in getattr(before, kind)}
+        b = {t.name: t.datatype for t in getattr(after, kind)}
+        if a != b:
+            return f"it changes the model's {kind} from {a} to {b}"
+    return ""
+
+
+# ----------------------------------------------------------------- pipeline
+
+
+def resolve(plugins: Plugins, names: Sequence[str]) -> list[type[Optimizer]]:
+    registry = plugins.registry("dlinfer_optimizers")
+    missing = [n for n in names if n not in registry]
+    if missing:
+        raise ModelLoadError(
+            f"optimizer(s) {missing} named in optimize are not installed "
+            f"(installed: {', '.join(sorted(registry)) or 'none; install dlinfer-mkl'})"
+        )
+    return [registry[n].obj for n in names]
+
+
+def run_pipeline(
+    runner: Runner,
+    config: ModelConfig,
+    path: Path,
+    plugins: Plugins,
+    samples: list[dict[str, np.ndarray]] | None = None,
+    reference: list[dict[str, np.ndarray]] | None = None,
+) -> PipelineResult:
+    """Apply ``config.optimize`` to ``runner``; every step is validated, failures keep the previous runner.
+
+    Replaced runners are closed. On an exception (an unknown optimizer, unusable
+    samples) the caller still owns ``runner``.
+    """
+    classes = resolve(plugins, config.optimize)
+    if samples is None:
+        samples = model_samples(runner, config, path.parent)
+    if reference is None:
+        reference = [runner.predict(s) for s in samples]
+    label = f"model {config.name}"
+    steps: list[StepReport] = []
+    current = runner
+    workdir = Path(tempfile.mkdtemp(prefix="dlinfer-optimize-"))
+    cache: dict[str, Any] = {}
+    try:
+        for cls in classes:
+            opt = cls()
+            table = {k: v for k, v in config.optimize_options.get(opt.name, {}).items() if k not in TOLERANCE_KEYS}
+            ctx = OptimizeContext(config, path, plugins.config, plugins, samples, workdir, table, cache)
+            report, current = _step(opt, current, ctx, reference, label)
+            steps.append(report)
+    except BaseException:
+        if current is not runner:
+            current.close()
+        raise
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return PipelineResult(current, steps)
+
+
+def _step(
+    opt: Optimizer, current: Runner, ctx: OptimizeContext, reference: list[dict], label: str
+) -> tuple[StepReport, Runner]:
+    tolerance = step_tolerance(ctx.config, opt)
+    if not opt.applies_to(current, ctx):
+        reason = f"does not apply to a {getattr(current, 'platform', type(current).__name__)} model"
+        log.warning("%s: optimizer %s skipped: %s", label, opt.name, reason)
+        return StepReport(opt.name, False, reason), current
+    try:
+        candidate = opt.optimize(current, ctx)
+    except Exception as exc:
+        reason = f"failed: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
+        log.warning("%s: optimizer %s rejected: %s", label, opt.name, reason)
+        return StepReport(opt.name, False, reason), current
+    reason = _same_tensors(current, candidate) if candidate is not current else ""
+    comparison = None
+    if not reason:
+        try:
+            comparison = check(reference, candidate, ctx.samples, tolerance)
+            if not comparison.ok:
+                reason = f"numerics out of tolerance (atol {tolerance.atol:g}, rtol {tolerance.rtol:g}"
+                reason += ", top-1 agreement)" if tolerance.top1 else ")"
+                reason += f": {comparison.describe()}"
+        except Exception as exc:
+            reason = f"the optimized model failed on the samples: {type(exc).__name__}: {exc}"
+    if reason:
+        log.warning("%s: optimizer %s rejected, keeping the model before it: %s", label, opt.name, reason)
+        if candidate is not current:
+            candidate.close()
+        return StepReport(opt.name, False, reason, comparison), current
+    assert comparison is not None
+    log.info("%s: optimizer %s applied: %s", label, opt.name, comparison.describe())
+    if candidate is not current:
+        current.close()
+    return StepReport(opt.name, True, "", comparison), candidate
+
+
+def optimize_runner(runner: Runner, config: ModelConfig, path: Path, plugins: Plugins) -> Runner:
+    """The repository's entry: the optimized runner, or ``runner`` when ``optimize`` is empty.
+
+    On an error that stops the load (e.g. an optimizer that is not installed)
+    ``runner`` is closed before the error propagates.
+    """
+    if not config.optimize:
+        return runner
+    try:
+        return run_pipeline(runner, config, path, plugins).runner
+    except BaseException:
+        runner.close()
+        raise
+
+
+# ----------------------------------------------------------------- autotune
+
+
+@attrs.frozen
+class Variant:
+    """One candidate pipeline as ``dlinfer-core optimize`` measured it."""
+
+    pipeline: tuple[str, ...]
+    valid: bool
+    reason: str = ""
+    max_abs_error: float = 0.0
+    max_rel_error: float = 0.0
+    latency_ms: float | None = None
+    throughput: float | None = None
+
+    @property
+    def label(self) -> str:
+        return "+".join(self.pipeline) or "(as loaded)"
+
+
+def candidate_pipelines(
+    plugins: Plugins, runner: Runner, ctx_factory: Callable[[], OptimizeContext], reduced_precision: bool
+) -> list[tuple[str, ...]]:
+    """The model as loaded, each full-precision optimizer that applies, and (if asked) each
+    reduced-precision one alone and after each full-precision one."""
+    full, reduced = [], []
+    for entry in plugins.registry("dlinfer_optimizers").values():
+        cls = entry.obj
+        if not getattr(cls, "autotune", True):
+            continue
+        (reduced if cls.reduced_precision else full).append(cls)
+    ctx = ctx_factory()
+    full = [c for c in full if c().applies_to(runner, ctx)]
+    out: list[tuple[str, ...]] = [(), *((c.name,) for c in full)]
+    if reduced_precision:
+        for r in reduced:
+            if r().applies_to(runner, ctx):
+                out.append((r.name,))
+            out.extend((c.name, r.name) for c in full)
+    return out
+
+
+def time_runner(runner: Runner, sample: dict[str, np.ndarray], min_runs: int, min_s: float) -> float:
+    """Median seconds per ``predict`` after one warm-up call."""
+    import time
+
+    runner.predict(sample)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_runs or time.perf_counter() - start < min_s:
+        t0 = time.perf_counter()
+        runner.predict(sample)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def batch_of(sample: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    """``sample`` resized along the batch axis to ``size`` rows (repeating rows)."""
+    return {k: np.resize(v, (size, *v.shape[1:])) for k, v in sample.items()}
+
+
+def _batches(runner: Runner) -> bool:
+    return bool(runner.inputs) and all(t.shape and t.shape[0] == -1 for t in runner.inputs)
+
+
+def autotune(
+    load: Callable[[], Runner],
+    config: ModelConfig,
+    path: Path,
+    plugins: Plugins,
+    pipelines: Sequence[tuple[str, ...]],
+    batch_sizes: Sequence[int] = (1, 8),
+    min_runs: int = 5,
+    min_s: float = 1.0,
+    progress: Callable[[Sequence[tuple[str, ...]]], Any] = iter,
+) -> list[Variant]:
+    """Build each candidate pipeline on a freshly loaded model, gate it against the model as
+    loaded and time the valid ones: latency at the smallest batch size, throughput (rows/s)
+    at the largest. ``progress`` wraps the candidate list (e.g. ``tqdm``)."""
+    first = load()
+    try:
+        samples = model_samples(first, config, path.parent)
+        reference = [first.predict(s) for s in samples]
+        batching = _batches(first)
+    finally:
+        first.close()
+    variants = []
+    for pipeline in progress(pipelines):
+        runner = load()
+        try:
+            result = run_pipeline(runner, attrs.evolve(config, optimize=pipeline), path, plugins, samples, reference)
+        except BaseException:
+            runner.close()
+            raise
+        try:
+            variants.append(_measure(pipeline, result, samples[0], batching, batch_sizes, min_runs, min_s))
+        finally:
+            result.runner.close()
+    return variants
+
+
+def _measure(
+    pipeline: tuple[str, ...],
+    result: PipelineResult,
+    sample: dict[str, np.ndarray],
+    batching: bool,
+    batch_sizes: Sequence[int],
+    min_runs: int,
+    min_s: float,
+) -> Variant:
+    rejected = [s for s in result.steps if not s.accepted]
+    if rejected:
+        return Variant(pipeline, False, "; ".join(f"{s.name}: {s.reason}" for s in rejected))
+    last = result.steps[-1].comparison if result.steps else None
+    errors = {"max_abs_error": last.max_abs_error, "max_rel_error": last.max_rel_error} if last else {}
+    if batching:
+        small, large = min(batch_sizes), max(batch_sizes)
+        latency = time_runner(result.runner, batch_of(sample, small), min_runs, min_s)
+        per_batch = latency if large == small else time_runner(result.runner, batch_of(sample, large), min_runs, min_s)
+    else:
+        large = next(iter(sample.values())).shape[0] if sample else 1
+        latency = per_batch = time_runner(result.runner, sample, min_runs, min_s)
+    return Variant(pipeline, True, "", latency_ms=latency * 1e3, throughput=large / per_batch, **errors)
+
+
+def best_variant(variants: Sequence[Variant]) -> Variant:
+    """The validated variant with the highest throughput (the model as loaded always validates)."""
+    valid = [v for v in variants if v.valid and v.throughput is not None]
+    return max(valid, key=lambda v: (v.throughput, -(v.latency_ms or 0)))
+
+
+def record_pipeline(config_path: Path, pipeline: Sequence[str]) -> None:
+    """Write ``optimize = [...]`` into a model's config.toml, keeping its other keys."""
+    import tomllib
+
+    import tomli_w
+
+    data = tomllib.loads(config_path.read_text()) if config_path.exists() else {}
+    data["optimize"] = list(pipeline)
+    config_path.write_text(tomli_w.dumps(data))
