@@ -21,7 +21,7 @@ from dlinfer import DlinferError, ModelConfig, ModelLoadError, TensorSpec
 from dlinfer.convert import Converter, ConvertOptions, ConvertResult
 from dlinfer.numerics import compare_outputs
 
-from .modules import FORMATS
+from .modules import FORMATS, summarize
 
 log = logging.getLogger("dlinfer.torch")
 
@@ -160,20 +160,13 @@ def _export(
         hint = ""
         if runner.format == "torchscript" and "DictConstruct" in str(exc):
             hint = " (a TorchScript module returning a dict cannot be exported; export the eager module instead)"
-        raise ExportError(
-            f"torch.onnx.export failed at opset {opset}: {type(exc).__name__}: {_brief(exc)}{hint}"
-        ) from exc
+        raise ExportError(f"torch.onnx.export failed at opset {opset}: {summarize(exc)}{hint}") from exc
     import onnx
 
     try:
         onnx.checker.check_model(str(dst))
     except onnx.checker.ValidationError as exc:
-        raise ExportError(f"{dst.name}: the exported model fails the ONNX checker: {_brief(exc)}") from exc
-
-
-def _brief(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) < 600 else text[:600] + " ..."
+        raise ExportError(f"{dst.name}: the exported model fails the ONNX checker: {summarize(exc)}") from exc
 
 
 def _validate(

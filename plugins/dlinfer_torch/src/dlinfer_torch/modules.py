@@ -142,7 +142,7 @@ def load_module(fmt: str, f: Path, config: ModelConfig, device: Any, allow_pickl
     except ModelLoadError:
         raise
     except Exception as exc:  # torch raises RuntimeError/ValueError/EOFError... for bad files
-        raise ModelLoadError(f"{f.name}: cannot load it as {fmt}: {type(exc).__name__}: {_first_line(exc)}") from exc
+        raise ModelLoadError(f"{f.name}: cannot load it as {fmt}: {summarize(exc)}") from exc
 
 
 def check_archive(f: Path) -> None:
@@ -161,9 +161,15 @@ def check_archive(f: Path) -> None:
             raise ModelLoadError(f"{f.name} is a damaged zip archive: member {bad!r} fails its checksum")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
+def summarize(exc: BaseException) -> str:
+    """One line saying what went wrong: TorchScript errors put the cause last, below a traceback."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    line = lines[-1] if any(ln.startswith("Traceback of TorchScript") for ln in lines) else lines[0]
+    if not re.match(r"^\w+(Error|Exception):", line):
+        line = f"{type(exc).__name__}: {line}"
+    return line if len(line) <= 500 else line[:500] + " ..."
 
 
 def _load_torchscript(f: Path, device: Any) -> Any:

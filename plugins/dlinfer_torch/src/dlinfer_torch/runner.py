@@ -17,7 +17,7 @@ import numpy as np
 
 from dlinfer import InferenceError, ModelConfig, ModelLoadError, Runner, TensorSpec
 
-from .modules import PLATFORMS, LoadedModule
+from .modules import PLATFORMS, LoadedModule, summarize
 from .tensors import to_numpy, to_tensor, torch_dtype, v2_of
 
 log = logging.getLogger("dlinfer.torch")
@@ -122,8 +122,8 @@ class TorchRunner(Runner):
             named = self._run({t.name: _zeros(t) for t in self.inputs})
         except Exception as exc:
             raise ModelLoadError(
-                f"running the model once on zeros (to learn its outputs) failed: {type(exc).__name__}: "
-                f"{' '.join(str(exc).split())[:500]}; list its outputs in config.toml as [[output]] tables"
+                f"running the model once on zeros (to learn its outputs) failed: {summarize(exc)}; "
+                f"list its outputs in config.toml as [[output]] tables"
             ) from exc
         specs = []
         for name, t in named:

@@ -1,0 +1,115 @@
+"""The loader on its own: detection, clear load errors, devices and threads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+import torch
+
+from dlinfer import ModelLoadError
+from dlinfer.config import node_config_from_dict
+from dlinfer.model import model_config_from_dict
+from dlinfer.testing import RunningNode, node_config, write_model
+from dlinfer_torch import testing as tt
+from dlinfer_torch.loader import TorchLoader
+
+CNN_INPUT = {"name": "image", "datatype": "FP32", "shape": [3, 16, 16]}
+
+
+def _loader(**repository: Any) -> TorchLoader:
+    return TorchLoader(node_config_from_dict({"threads": {"intra_op": 1}, "repository": repository}))
+
+
+def _config(**data: Any) -> Any:
+    return model_config_from_dict(data, "config.toml")
+
+
+def test_detection_by_file_name_and_archive_contents(tmp_path: Path) -> None:
+    cnn = tt.make(tt.TinyCNN)
+    folders = {name: tmp_path / name for name in ("script", "export", "state", "empty")}
+    for folder in folders.values():
+        folder.mkdir()
+    tt.save_torchscript(cnn, folders["script"] / "model.pt")
+    tt.save_exported(cnn, (torch.randn(2, 3, 16, 16),), folders["export"] / "model.pt2")
+    tt.save_state_dict(cnn, folders["state"] / "model.pth")
+    assert TorchLoader.detect(folders["script"]) == "torchscript"
+    assert TorchLoader.detect(folders["export"]) == "torch_export"
+    assert TorchLoader.detect(folders["state"]) == "pytorch_state_dict"
+    assert TorchLoader.detect(folders["empty"]) is None
+
+
+def test_torchscript_without_inputs_names_forward_arguments(tmp_path: Path) -> None:
+    tt.save_torchscript(tt.make(tt.TwoInTwoOut), tmp_path / "model.pt")
+    with pytest.raises(ModelLoadError, match=r"\[\[input\]\].*forward takes image, extra"):
+        _loader().load(_config(), tmp_path)
+
+
+def test_state_dict_of_another_architecture_is_refused(tmp_path: Path) -> None:
+    tt.save_state_dict(tt.make(tt.DictOut), tmp_path / "model.pt")
+    cfg = _config(
+        max_batch_size=4,
+        input=[CNN_INPUT],
+        parameters={"model_class": "dlinfer_torch.testing:TinyCNN"},
+    )
+    with pytest.raises(ModelLoadError, match=r"does not fit dlinfer_torch\.testing:TinyCNN.*Missing key"):
+        _loader().load(cfg, tmp_path)
+    cfg = _config(input=[CNN_INPUT], parameters={"model_class": "no_such_package.models:Net"})
+    with pytest.raises(ModelLoadError, match="cannot be imported"):
+        _loader().load(cfg, tmp_path)
+
+
+def test_pickle_refused_even_if_only_the_model_config_opts_in(tmp_path: Path) -> None:
+    # The repository refuses such a config before any loader runs; the loader does not rely on it.
+    tt.save_pickled(tt.make(tt.DictOut), tmp_path / "model.pt")
+    cfg = _config(allow_pickle=True, input=[{"name": "x", "datatype": "FP32", "shape": [1, 6]}])
+    with pytest.raises(ModelLoadError, match="pickled Python objects"):
+        _loader().load(cfg, tmp_path)
+    runner = _loader(allow_pickle=True).load(cfg, tmp_path)
+    assert [t.name for t in runner.outputs] == ["logits", "probs"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_device_refused_without_a_gpu(tmp_path: Path) -> None:
+    tt.save_torchscript(tt.make(tt.TinyCNN), tmp_path / "model.pt")
+    with pytest.raises(ModelLoadError, match="sees no CUDA GPU"):
+        _loader().load(_config(device="cuda:0", input=[CNN_INPUT]), tmp_path)
+
+
+def test_unknown_device_refused(tmp_path: Path) -> None:
+    tt.save_torchscript(tt.make(tt.TinyCNN), tmp_path / "model.pt")
+    with pytest.raises(ModelLoadError, match="device 'tpu'"):
+        _loader().load(_config(device="tpu", input=[CNN_INPUT]), tmp_path)
+
+
+def test_threads_size_the_process_wide_pool_and_only_grow(tmp_path: Path) -> None:
+    tt.save_torchscript(tt.make(tt.TinyCNN), tmp_path / "model.pt")
+    loader = _loader()
+    loader.load(_config(threads=2, max_batch_size=2, input=[CNN_INPUT]), tmp_path)
+    assert torch.get_num_threads() >= 2
+    grown = torch.get_num_threads()
+    loader.load(_config(threads=1, max_batch_size=2, input=[CNN_INPUT]), tmp_path)
+    assert torch.get_num_threads() == grown
+
+
+@pytest.mark.gpu
+def test_served_on_cuda_matches_cpu(tmp_path: Path) -> None:
+    cnn = tt.make(tt.TinyCNN, seed=8)
+    write_model(
+        tmp_path / "models",
+        "gpu",
+        files={"model.pt": tt.save_torchscript(cnn, tmp_path / "cnn.pt").read_bytes()},
+        config={"max_batch_size": 8, "device": "cuda:0", "input": [CNN_INPUT]},
+    )
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    with RunningNode(node_config(tmp_path / "models")) as node:
+        body = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [2, 3, 16, 16], "data": x.ravel().tolist()}]}
+        resp = requests.post(f"{node.url}/v2/models/gpu/infer", json=body, timeout=60)
+    assert resp.status_code == 200, resp.text
+    out = resp.json()["outputs"][0]
+    with torch.inference_mode():
+        expected = cnn(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(np.reshape(out["data"], out["shape"]), expected, atol=1e-4, rtol=0)
