@@ -72,6 +72,7 @@ _EXTRAS = {
     "torchscript": "torch",
     "pytorch_state_dict": "torch",
     "torch_export": "torch",
+    "pytorch_pickle": "torch",
     "caffe": "caffe",
     "onnx": "onnx",
     "tensorrt_plan": "trt",
