@@ -35,7 +35,9 @@ def onnx_file(ctx: OptimizeContext) -> Path:
     fmt = source_format(ctx)
     if fmt == "onnx":
         name = ctx.config.parameters.get("filename", "model.onnx")
-        f = ctx.path / str(name)
+        if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
+            raise ModelLoadError(f"parameters.filename must be a plain file name, got {name!r}")
+        f = ctx.path / name
         if not f.is_file():
             raise ModelLoadError(f"version folder {ctx.path.name!r} has no {name}")
     else:

@@ -9,10 +9,10 @@ from typing import Any
 import attrs
 
 from dlinfer import Runner
+from dlinfer.onnx_source import has_onnx, onnx_file
 from dlinfer.optimize import OptimizeContext, Optimizer
 
 from .precision import REDUCED_TOLERANCE
-from .source import has_onnx, onnx_file
 
 log = logging.getLogger("dlinfer.mkl")
 
@@ -54,7 +54,7 @@ class OnnxRuntime(Optimizer):
 
     def optimize(self, runner: Runner, ctx: OptimizeContext) -> Runner:
         return ort_runner(
-            onnx_file(runner, ctx),
+            onnx_file(ctx),
             ctx,
             threads=int(ctx.options.get("intra_op", 0)),
             save_as=ctx.options.get("optimized_model", ""),
@@ -99,7 +99,7 @@ class Int8(Optimizer):
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        src = onnx_file(runner, ctx)
+        src = onnx_file(ctx)
         mode = ctx.options.get("mode") or ("static" if _has_conv(src) else "dynamic")
         if mode not in ("static", "dynamic"):
             raise ValueError(f"optimize_options.int8.mode must be 'static' or 'dynamic', got {mode!r}")

@@ -10,9 +10,8 @@ import numpy as np
 
 from dlinfer import Runner, TensorSpec
 from dlinfer.datatypes import numpy_dtype
+from dlinfer.onnx_source import has_onnx, onnx_file
 from dlinfer.optimize import OptimizeContext, Optimizer
-
-from .source import has_onnx, onnx_file
 
 _HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 
@@ -118,4 +117,4 @@ class OpenVino(Optimizer):
         return has_onnx(ctx)
 
     def optimize(self, runner: Runner, ctx: OptimizeContext) -> Runner:
-        return compile_onnx(onnx_file(runner, ctx), runner, ctx, "f32")
+        return compile_onnx(onnx_file(ctx), runner, ctx, "f32")

@@ -24,19 +24,21 @@ class Bf16(Optimizer):
     tolerance = REDUCED_TOLERANCE
 
     def applies_to(self, runner: Runner, ctx: OptimizeContext) -> bool:
+        from dlinfer.onnx_source import has_onnx
+
         from .ov import OpenVinoRunner
-        from .source import has_onnx
         from .torchscript import autocast_applies
 
         return isinstance(runner, OpenVinoRunner) or autocast_applies(runner) or has_onnx(ctx)
 
     def optimize(self, runner: Runner, ctx: OptimizeContext) -> Runner:
+        from dlinfer.onnx_source import onnx_file
+
         from .ov import OpenVinoRunner, compile_onnx
-        from .source import onnx_file
         from .torchscript import autocast_applies, autocast_runner
 
         if isinstance(runner, OpenVinoRunner):
             return runner.recompiled(precision="bf16")
         if autocast_applies(runner):
             return autocast_runner(runner)
-        return compile_onnx(onnx_file(runner, ctx), runner, ctx, "bf16")
+        return compile_onnx(onnx_file(ctx), runner, ctx, "bf16")

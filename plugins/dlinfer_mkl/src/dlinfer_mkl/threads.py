@@ -126,11 +126,12 @@ class Threads(Optimizer):
             torch.set_num_threads(n)
             return runner
         if platform == "onnxruntime_onnx":
+            from dlinfer.onnx_source import onnx_file
+
             from .ort import ort_runner
-            from .source import onnx_file
 
             return ort_runner(
-                onnx_file(runner, ctx),
+                onnx_file(ctx),
                 ctx,
                 threads=n,
                 level=ctx.config.parameters.get("graph_optimization_level", "all"),
