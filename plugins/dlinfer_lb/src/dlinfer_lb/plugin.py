@@ -1,0 +1,44 @@
+"""Entry point of the ``lb`` plugin.
+
+It always offers the built-in balancing strategies through
+``dlinfer_balancers``. It changes a node only when ``[plugins.lb]`` says so:
+``enabled = true`` turns the process into a gateway, and
+``[plugins.lb.register]`` makes a node announce itself to gateways.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dlinfer import hookimpl
+from dlinfer.config import NodeConfig
+
+from .settings import load_settings
+
+
+@hookimpl
+def dlinfer_configure(config: NodeConfig) -> None:
+    load_settings(config)  # a bad [plugins.lb] table stops the node with file and key
+
+
+@hookimpl
+def dlinfer_balancers() -> list[type]:
+    from .strategies import BUILTIN_STRATEGIES
+
+    return list(BUILTIN_STRATEGIES)
+
+
+@hookimpl
+def dlinfer_routes(app: Any, repository: Any) -> None:
+    from dlinfer.server import CONFIG
+
+    config = app[CONFIG]
+    settings = load_settings(config)
+    if settings.enabled:
+        from .gateway import install
+
+        install(app, repository, settings)
+    if settings.register.gateways:
+        from .register import Heartbeat
+
+        app.cleanup_ctx.append(Heartbeat(config, settings.register).lifecycle)

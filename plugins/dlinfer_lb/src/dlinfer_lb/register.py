@@ -1,0 +1,63 @@
+"""Node side of self-registration: heartbeats to the gateways in ``[plugins.lb.register]``.
+
+The node posts ``{"url", "weight", "ttl_s"}`` to ``POST /v2/-/nodes`` of each
+gateway every ``interval_s`` with the shared token, and deregisters
+(``ttl_s = 0``) when it shuts down, so gateways stop routing to it before it
+goes away rather than after its TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from dlinfer.config import NodeConfig
+
+from .settings import RegisterSettings
+
+log = logging.getLogger("dlinfer.lb")
+
+
+class Heartbeat:
+    """Announces this node to every configured gateway."""
+
+    def __init__(self, config: NodeConfig, settings: RegisterSettings) -> None:
+        self.settings = settings
+        self.url = settings.url or f"http://{config.server.host}:{config.server.http_port}"
+        self._errors: dict[str, str] = {}
+
+    async def _post(self, session: aiohttp.ClientSession, gateway: str, ttl_s: float) -> None:
+        doc = {"url": self.url, "weight": self.settings.weight, "ttl_s": ttl_s}
+        headers = {"Authorization": f"Bearer {self.settings.token}"}
+        try:
+            async with session.post(f"{gateway}/v2/-/nodes", json=doc, headers=headers) as resp:
+                text = await resp.text()
+                error = "" if resp.status == 200 else f"answered {resp.status}: {text[:200]}"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        if error != self._errors.get(gateway, ""):  # log changes, not every beat
+            if error:
+                log.warning("registration with gateway %s failed: %s", gateway, error)
+            else:
+                log.info("registered with gateway %s as %s", gateway, self.url)
+        self._errors[gateway] = error
+
+    async def _beat(self, session: aiohttp.ClientSession) -> None:
+        while True:
+            await asyncio.gather(*(self._post(session, g, self.settings.ttl_s) for g in self.settings.gateways))
+            await asyncio.sleep(self.settings.interval_s)
+
+    async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
+        timeout = aiohttp.ClientTimeout(total=max(1.0, self.settings.interval_s))
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            task = asyncio.create_task(self._beat(session), name="dlinfer-lb-heartbeat")
+            yield
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await asyncio.gather(*(self._post(session, g, 0) for g in self.settings.gateways))

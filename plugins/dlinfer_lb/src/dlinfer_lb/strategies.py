@@ -1,0 +1,202 @@
+"""The built-in balancing strategies, registered through ``dlinfer_balancers``.
+
+A strategy class has a ``name`` and is instantiated once per model with the
+model's :class:`~dlinfer_lb.settings.RoutePolicy`. The gateway calls
+``pick(model, candidates, request)`` with the admitted nodes that have the
+model ready (never empty) and ``observe(node, outcome, latency_s)`` after
+each attempt, ``outcome`` being ``"success"`` or ``"failure"``. Nodes expose
+``url``, ``weight`` and ``outstanding`` (requests in flight on that node).
+Everything runs on the event loop: no locks.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import math
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from .settings import RoutePolicy
+
+SUCCESS, FAILURE = "success", "failure"
+
+
+class Strategy:
+    """Base class: keeps the policy; ``observe`` does nothing unless overridden."""
+
+    name = ""
+
+    def __init__(self, policy: RoutePolicy) -> None:
+        self.policy = policy
+
+    def pick(self, model: str, candidates: Sequence[Any], request: Any) -> Any:
+        raise NotImplementedError
+
+    def observe(self, node: Any, outcome: str, latency_s: float) -> None:
+        return None
+
+
+class SmoothWeightedRoundRobin(Strategy):
+    """nginx's smooth weighted round robin.
+
+    Every node starts with its effective weight equal to its configured weight
+    (left at zero, every pick goes to the first node). Each pick adds the
+    effective weights to the current weights, takes the largest and subtracts
+    the total from it, which interleaves nodes (5:1:1 gives a a b a c a a).
+    A failure lowers a node's effective weight; each success raises it back
+    by one until it reaches the configured weight.
+    """
+
+    name = "swrr"
+
+    def __init__(self, policy: RoutePolicy) -> None:
+        super().__init__(policy)
+        self._current: dict[str, float] = {}
+        self._effective: dict[str, float] = {}
+
+    def _eff(self, node: Any) -> float:
+        eff = self._effective.get(node.url)
+        if eff is None:
+            eff = self._effective[node.url] = float(node.weight)
+        return eff
+
+    def pick(self, model: str, candidates: Sequence[Any], request: Any) -> Any:
+        total = 0.0
+        best = None
+        best_current = -math.inf
+        for node in candidates:
+            eff = self._eff(node)
+            current = self._current.get(node.url, 0.0) + eff
+            self._current[node.url] = current
+            total += eff
+            if current > best_current:
+                best, best_current = node, current
+        assert best is not None
+        self._current[best.url] -= total
+        return best
+
+    def observe(self, node: Any, outcome: str, latency_s: float) -> None:
+        eff = self._eff(node)
+        if outcome == SUCCESS:
+            self._effective[node.url] = min(float(node.weight), eff + 1)
+        else:
+            # Keep a floor of one so the node still gets a trickle to prove it recovered.
+            self._effective[node.url] = max(1.0, eff - max(1.0, node.weight / 4))
+
+
+class LeastOutstanding(Strategy):
+    """The node with the fewest requests in flight; ties broken at random."""
+
+    name = "least_outstanding"
+
+    def pick(self, model: str, candidates: Sequence[Any], request: Any) -> Any:
+        low = min(n.outstanding for n in candidates)
+        return random.choice([n for n in candidates if n.outstanding == low])
+
+
+class PeakEwma(Strategy):
+    """Power of two choices over peak-EWMA latency x (outstanding + 1).
+
+    Two nodes are drawn at random and the cheaper one wins. The latency
+    estimate jumps up to any slower sample at once (peak) and decays towards
+    faster ones with time constant ``ewma_decay_s``, so a node that turns slow
+    loses traffic quickly and wins it back gradually. An estimate also decays
+    while a node gets no traffic, so a once-slow node is probed again. A
+    failure counts as a sample as long as the model's deadline.
+    """
+
+    name = "p2c"
+
+    def __init__(self, policy: RoutePolicy) -> None:
+        super().__init__(policy)
+        self._ewma: dict[str, tuple[float, float]] = {}  # url -> (estimate_s, stamp)
+
+    def _estimate(self, url: str, now: float) -> float:
+        est, stamp = self._ewma.get(url, (0.0, now))
+        return est * math.exp(-(now - stamp) / self.policy.ewma_decay_s)
+
+    def cost(self, node: Any, now: float) -> float:
+        return self._estimate(node.url, now) * (node.outstanding + 1)
+
+    def pick(self, model: str, candidates: Sequence[Any], request: Any) -> Any:
+        if len(candidates) == 1:
+            return candidates[0]
+        a, b = random.sample(list(candidates), 2)
+        now = time.monotonic()
+        return a if self.cost(a, now) <= self.cost(b, now) else b
+
+    def observe(self, node: Any, outcome: str, latency_s: float) -> None:
+        now = time.monotonic()
+        # A fast failure (connection refused) must not make a node look fast:
+        # it counts as a request that took the whole deadline.
+        sample = latency_s if outcome == SUCCESS else max(latency_s, self.policy.deadline_s)
+        prev = self._ewma.get(node.url)
+        if prev is None or sample > prev[0]:
+            est = sample
+        else:
+            w = math.exp(-(now - prev[1]) / self.policy.ewma_decay_s)
+            est = prev[0] * w + sample * (1 - w)
+        self._ewma[node.url] = (est, now)
+
+
+def _hash(key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
+
+
+class ConsistentHash(Strategy):
+    """Consistent hashing on a request header, with bounded loads.
+
+    Each node owns 160 points on a hash ring; a request goes to the first node
+    clockwise from its key's hash whose outstanding requests are below
+    ``ceil(hash_balance * (total + 1) / n)`` (Mirrokni, Thorup and Zadimoghaddam),
+    so a hot key spills to the next node instead of overloading one.
+    Requests without the header fall back to least outstanding.
+    """
+
+    name = "consistent_hash"
+    points_per_node = 160
+
+    def __init__(self, policy: RoutePolicy) -> None:
+        super().__init__(policy)
+        self._rings: dict[frozenset[str], tuple[list[int], list[str]]] = {}
+
+    def _ring(self, urls: frozenset[str]) -> tuple[list[int], list[str]]:
+        ring = self._rings.get(urls)
+        if ring is None:
+            points = sorted((_hash(f"{url}#{i}"), url) for url in urls for i in range(self.points_per_node))
+            ring = ([h for h, _ in points], [u for _, u in points])
+            if len(self._rings) > 64:  # membership churn: keep the cache small
+                self._rings.clear()
+            self._rings[urls] = ring
+        return ring
+
+    def key(self, request: Any) -> str | None:
+        return request.headers.get(self.policy.hash_header) if request is not None else None
+
+    def pick(self, model: str, candidates: Sequence[Any], request: Any) -> Any:
+        key = self.key(request)
+        if key is None:
+            low = min(n.outstanding for n in candidates)
+            return random.choice([n for n in candidates if n.outstanding == low])
+        by_url = {n.url: n for n in candidates}
+        hashes, owners = self._ring(frozenset(by_url))
+        total = sum(n.outstanding for n in candidates)
+        capacity = math.ceil(self.policy.hash_balance * (total + 1) / len(candidates))
+        start = bisect.bisect(hashes, _hash(key)) % len(hashes)
+        seen: set[str] = set()
+        for i in range(len(hashes)):
+            url = owners[(start + i) % len(hashes)]
+            if url in seen:
+                continue
+            seen.add(url)
+            if by_url[url].outstanding < capacity:
+                return by_url[url]
+            if len(seen) == len(by_url):
+                break
+        return by_url[owners[start]]
+
+
+BUILTIN_STRATEGIES: tuple[type[Strategy], ...] = (SmoothWeightedRoundRobin, LeastOutstanding, PeakEwma, ConsistentHash)

@@ -1,0 +1,83 @@
+"""A gateway in front of three real nodes: routing, strategies, V2 compatibility."""
+
+from __future__ import annotations
+
+import numpy as np
+import requests
+import tritonclient.http as triton
+from tritonclient.utils import InferenceServerException
+
+
+def test_swrr_distribution_matches_weights(cluster, start_gateway, helpers) -> None:
+    weights = [5, 3, 2]
+    gw = start_gateway(
+        strategy="swrr", nodes=[{"url": u, "weight": w} for u, w in zip(cluster.urls, weights, strict=True)]
+    )
+    before = cluster.counts("linear")
+    statuses = helpers.send(gw.url, "linear", 1000, concurrency=8)
+    after = cluster.counts("linear")
+    assert statuses.count(200) == 1000
+    got = [a - b for a, b in zip(after, before, strict=True)]
+    for count, w in zip(got, weights, strict=True):
+        assert abs(count - 1000 * w / sum(weights)) <= 20, got  # within ±2% of the 1,000 requests
+
+
+def test_model_aware_routing(cluster, start_gateway, helpers) -> None:
+    gw = start_gateway(strategy="least_outstanding", nodes=cluster.urls)
+    before = cluster.counts("only12")
+    assert helpers.send(gw.url, "only12", 200, concurrency=8).count(200) == 200
+    got = [a - b for a, b in zip(cluster.counts("only12"), before, strict=True)]
+    assert got[2] == 0 and got[0] > 0 and got[1] > 0 and sum(got) == 200, got
+
+    ready = requests.get(f"{gw.url}/v2/models/only12/ready", timeout=5)
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    missing = requests.post(f"{gw.url}/v2/models/nowhere/infer", json=helpers.X, timeout=5)
+    assert missing.status_code == 404 and "not in the repository of any node" in missing.json()["error"]
+
+    index = requests.post(f"{gw.url}/v2/repository/index", json={"ready": True}, timeout=5).json()
+    assert [(r["name"], r["version"], r["state"]) for r in index] == [
+        ("linear", "1", "READY"),
+        ("only12", "1", "READY"),
+        ("p2c", "1", "READY"),
+    ]
+    nodes = helpers.nodes_status(gw.url)
+    assert sorted(nodes[cluster.urls[2]]["models"]) == ["linear", "p2c"]
+
+
+def test_clients_cannot_tell_gateway_from_node(cluster, start_gateway) -> None:
+    gw = start_gateway(strategy="p2c", nodes=cluster.urls)
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    results = {}
+    for name, url in (("node", cluster.urls[0]), ("gateway", gw.url)):
+        client = triton.InferenceServerClient(url.removeprefix("http://"))
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.is_model_ready("linear")
+        meta = client.get_model_metadata("linear")
+        assert meta["inputs"][0]["name"] == "x"
+        inp = triton.InferInput("x", [2, 4], "FP32")
+        inp.set_data_from_numpy(x, binary_data=True)
+        out = triton.InferRequestedOutput("probs", binary_data=True)
+        results[name] = client.infer("linear", [inp], outputs=[out]).as_numpy("probs")
+        # A node's error comes back through the gateway with the node's own message.
+        bad = triton.InferInput("x", [1, 5], "FP32")
+        bad.set_data_from_numpy(np.zeros((1, 5), np.float32))
+        try:
+            client.infer("linear", [bad])
+        except InferenceServerException as exc:
+            results[name + "-error"] = (exc.status(), exc.message())
+        client.close()
+    np.testing.assert_array_equal(results["node"], results["gateway"])
+    assert results["node-error"] == results["gateway-error"]
+    assert results["gateway-error"][0] == "400"
+    server = requests.get(f"{gw.url}/v2", timeout=5).json()
+    assert server["name"] == "dlinfer" and "binary_tensor_data" in server["extensions"]
+    assert 'dlinfer_gateway_upstream_requests_total{model="linear"' in requests.get(f"{gw.url}/metrics", timeout=5).text
+
+
+def test_p2c_ewma_sends_less_to_a_slow_node(cluster, start_gateway, helpers) -> None:
+    gw = start_gateway(strategy="swrr", nodes=cluster.urls, models={"p2c": {"strategy": "p2c"}})
+    before = cluster.counts("p2c")
+    assert helpers.send(gw.url, "p2c", 300, concurrency=4).count(200) == 300
+    fast1, fast2, slow = (a - b for a, b in zip(cluster.counts("p2c"), before, strict=True))
+    # Round robin would give each node 100; the node 50 ms slower must get far less.
+    assert slow < 0.5 * min(fast1, fast2), (fast1, fast2, slow)
