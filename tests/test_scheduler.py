@@ -9,6 +9,7 @@ state (queue depth, in-flight count) instead.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,10 +21,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
+
 from dlinfer.config import NodeConfig
 from dlinfer.plugins import Plugins
 from dlinfer.testing import RunningNode, node_config, onnx_identity_model, onnx_linear_model, write_model
-from prometheus_client.parser import text_string_to_metric_families
 
 PLUGINS_DIR = Path(__file__).parent / "scheduler_plugins"
 SLOW = {"slow.toml": b""}
@@ -111,6 +113,13 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
         if batching is not None:
             cfg["dynamic_batching"] = batching
         write_model(root, name, 1, SLOW, config=cfg)
+    write_model(
+        root,
+        "slow_pair",
+        1,
+        SLOW,
+        config={"instance_count": 2, "parameters": {"delay_s": 1.0, "record": str(record / "slow_pair.log")}},
+    )
     write_model(
         root,
         "slow_timeout",
@@ -235,3 +244,28 @@ def test_model_timeout_ms_applies_to_every_request(node: RunningNode) -> None:
 def test_bad_timeout_parameter_is_rejected(node: RunningNode) -> None:
     r = post(node.url, "slow_batched", body(np.ones((1, 2), np.float32), timeout=-5))
     assert r.status_code == 400
+
+
+def test_instances_run_calls_concurrently(node: RunningNode) -> None:
+    x = np.ones((1, 2), dtype=np.float32)
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(post, node.url, "slow_pair", body(x)) for _ in range(2)]
+        # Both calls reach the model before either answers: two instances, two threads.
+        wait_for(lambda: calls(node, "slow_pair") == [1, 1], "both calls to start")
+        assert not any(f.done() for f in futures)
+        for f in futures:
+            np.testing.assert_array_equal(output(f.result(), "y"), x * 2 + 1)
+
+
+def test_instances_share_the_cores_by_default(tmp_path: Path) -> None:
+    from dlinfer.config import node_config_from_dict
+    from dlinfer.model import model_config_from_dict
+    from dlinfer_onnx.loader import OnnxLoader
+
+    default = OnnxLoader(node_config_from_dict({"threads": {"intra_op": 0}}))
+    cores = os.cpu_count() or 1
+    assert default.threads(model_config_from_dict({"instance_count": 1}, "t")) == cores
+    assert default.threads(model_config_from_dict({"instance_count": 2}, "t")) == max(1, cores // 2)
+    assert default.threads(model_config_from_dict({"instance_count": 2, "threads": 3}, "t")) == 3
+    pinned = OnnxLoader(node_config_from_dict({"threads": {"intra_op": 5}}))
+    assert pinned.threads(model_config_from_dict({"instance_count": 4}, "t")) == 5

@@ -83,20 +83,6 @@ class DynamicBatching:
 
 
 @attrs.frozen
-class OptimizeTolerance:
-    """``[optimize_tolerance]``: how close an optimized variant must stay to the original model.
-
-    A variant passes when every output element satisfies ``|a - e| <= atol + rtol * |e|``
-    (and, with ``top1``, every row keeps the same arg-max along the last axis).
-    """
-
-    atol: float = attrs.field(default=1e-5, validator=in_range(0, kind="a number"))
-    rtol: float = attrs.field(default=1e-5, validator=in_range(0, kind="a number"))
-    #: Classifiers: also require the same top-1 class for every sample row.
-    top1: bool = False
-
-
-@attrs.frozen
 class ModelConfig:
     """A model's ``config.toml``. Every key is optional: loaders read what they
     can from the model file itself."""
@@ -117,17 +103,7 @@ class ModelConfig:
     timeout_ms: int = attrs.field(default=0, validator=in_range(0))
     max_queue_size: int | None = attrs.field(default=None, validator=in_range(1))
     dynamic_batching: DynamicBatching | None = None
-    #: Optimizers (``dlinfer_optimizers``) applied in order after loading; each step is
-    #: checked against the original model on sample inputs and dropped if it drifts.
     optimize: tuple[str, ...] = ()
-    #: The numerics gate of the ``optimize`` pipeline (f32 default: 1e-5 abs and rel).
-    optimize_tolerance: OptimizeTolerance = OptimizeTolerance()
-    #: ``[optimize_options.<optimizer>]`` tables: each optimizer's own settings; ``atol``,
-    #: ``rtol`` and ``top1`` there override ``optimize_tolerance`` for that step only.
-    optimize_options: dict[str, dict[str, Any]] = attrs.field(factory=dict)
-    #: Folder (inside the model's folder) of ``*.npz`` sample inputs for the gate and for
-    #: calibration; empty: random inputs generated from the model's input specs.
-    optimize_samples: str = ""
     preprocess: tuple[str, ...] = ()
     postprocess: tuple[str, ...] = ()
     #: Let the loader unpickle files. Needs repository.allow_pickle in node.toml too.
@@ -188,5 +164,11 @@ class Loader(abc.ABC):
         """Load the version folder ``path``; raise :class:`ModelLoadError` with the reason."""
 
     def threads(self, config: ModelConfig) -> int:
-        """Intra-op threads for a model: its own setting, else the node's."""
-        return config.threads or self.node_config.intra_op_threads
+        """Intra-op threads for one instance of a model: its own setting, else the node's.
+
+        With neither set, the cores are shared among the model's instances
+        (``instance_count`` × threads ≤ cores), so instances do not fight for them.
+        """
+        if config.threads or self.node_config.threads.intra_op:
+            return config.threads or self.node_config.threads.intra_op
+        return max(1, self.node_config.intra_op_threads // config.instance_count)
