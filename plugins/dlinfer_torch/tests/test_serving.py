@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,17 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]
             "max_batch_size": 8,
             "input": [{"name": "x", "datatype": "FP32", "shape": [6]}],
             "parameters": {"model_class": "dlinfer_torch.testing:DictOut"},
+        },
+    )
+    write_model(
+        root,
+        "cnn_batched",
+        files={"model.pt": _file(work / "cnn.pt")},
+        config={
+            "max_batch_size": 8,
+            "instance_count": 2,
+            "dynamic_batching": {"max_queue_delay_us": 2000},
+            "input": [CNN_INPUT],
         },
     )
     good = _file(tt.save_torchscript(cnn, work / "cut.pt"))
@@ -165,7 +177,7 @@ def test_corrupt_file_is_unavailable_with_reason_and_others_serve(node: RunningN
     assert "damaged" in index["corrupt"]["reason"]
     ready = requests.get(f"{node.url}/v2/models/corrupt/ready", timeout=30)
     assert ready.status_code != 200
-    for name in ("cnn_script", "cnn_export", "cnn_state", "multi", "dict_out"):
+    for name in ("cnn_script", "cnn_export", "cnn_state", "cnn_batched", "multi", "dict_out"):
         assert index[name]["state"] == "READY", index[name]
 
 
@@ -227,3 +239,22 @@ def test_explicit_pickle_format_without_opt_in_is_refused(tmp_path: Path) -> Non
         row = _index(running)["pickled"]
     assert row["state"] == "UNAVAILABLE"
     assert "allow_pickle = true in the model's config.toml" in row["reason"]
+
+
+def test_concurrent_requests_batched_over_two_instances(node: RunningNode, repo: tuple[Path, dict[str, Any]]) -> None:
+    """Requests merged by the dynamic batcher and run on two threads each get their own rows back."""
+    rng = np.random.default_rng(11)
+    xs = [rng.standard_normal((1 + i % 3, 3, 16, 16)).astype(np.float32) for i in range(12)]
+
+    def call(x: np.ndarray) -> np.ndarray:
+        body = {"inputs": [{"name": "image", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
+        resp = requests.post(f"{node.url}/v2/models/cnn_batched/infer", json=body, timeout=60)
+        assert resp.status_code == 200, resp.text
+        out = resp.json()["outputs"][0]
+        return np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(call, xs))
+    with torch.inference_mode():
+        for x, got in zip(xs, results, strict=True):
+            np.testing.assert_allclose(got, repo[1]["cnn"](torch.from_numpy(x)).numpy(), atol=ATOL, rtol=0)
