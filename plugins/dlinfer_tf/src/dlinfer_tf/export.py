@@ -23,7 +23,6 @@ from dlinfer.datatypes import numpy_dtype
 from dlinfer.numerics import compare_outputs
 
 from .loader import KerasLoader, SavedModelLoader, TFRunner
-from .signatures import DEFAULT_SIGNATURE
 
 log = logging.getLogger("dlinfer.tf.export")
 
@@ -34,24 +33,26 @@ VALIDATION_DIM = 2
 
 
 def load_tf_model(
-    src: Path, signature_name: str = DEFAULT_SIGNATURE, node_config: NodeConfig | None = None
+    src: Path, parameters: dict[str, Any] | None = None, node_config: NodeConfig | None = None
 ) -> TFRunner:
-    """Load a SavedModel folder or a ``.keras`` file (or its folder) as a runner."""
+    """Load a SavedModel folder or a ``.keras`` file (or its folder) as a runner.
+
+    ``parameters`` are the model config's (``signature_name``, ``tags``, ``filename``).
+    """
     src = Path(src)
     folder = src if src.is_dir() else src.parent
-    params: dict[str, Any] = {}
+    params = dict(parameters or {})
     if src.is_file() and src.name == "saved_model.pb":
         loader: Any = SavedModelLoader
     elif src.is_file() and src.suffix == ".keras":
-        loader, params = KerasLoader, {"filename": src.name}
+        loader = KerasLoader
+        params["filename"] = src.name
     elif SavedModelLoader.detect(folder):
         loader = SavedModelLoader
     elif KerasLoader.detect(folder):
         loader = KerasLoader
     else:
         raise ModelLoadError(f"{src}: neither a SavedModel folder nor a .keras file")
-    if loader is SavedModelLoader:
-        params["signature_name"] = signature_name
     runner = loader(node_config or NodeConfig()).load(ModelConfig(parameters=params), folder)
     assert isinstance(runner, TFRunner)
     return runner
@@ -80,7 +81,8 @@ def export_onnx(
     dst: Path,
     *,
     opset: int | None = None,
-    signature_name: str = DEFAULT_SIGNATURE,
+    signature_name: str | None = None,
+    parameters: dict[str, Any] | None = None,
     dynamic_batch: bool = True,
     validate: bool = True,
     atol: float = 1e-4,
@@ -89,6 +91,8 @@ def export_onnx(
 ) -> ConvertResult:
     """Export a SavedModel signature or a Keras model to the ONNX file ``dst``.
 
+    ``signature_name`` (default ``serving_default``) overrides the one in
+    ``parameters`` (the model config's, e.g. ``tags`` or Keras' ``filename``).
     ``dynamic_batch=False`` fixes dynamic first dimensions to 1. With
     ``validate`` the ONNX model must match TensorFlow within ``atol``/``rtol``
     on random inputs, else :class:`dlinfer.InferenceError` is raised (and the
@@ -96,7 +100,10 @@ def export_onnx(
     """
     import tf2onnx
 
-    runner = load_tf_model(src, signature_name, node_config)
+    params = dict(parameters or {})
+    if signature_name is not None:
+        params["signature_name"] = signature_name
+    runner = load_tf_model(src, params, node_config)
     try:
         return _export(tf2onnx, runner, Path(dst), opset or DEFAULT_OPSET, dynamic_batch, validate, atol, rtol)
     finally:
@@ -165,12 +172,11 @@ class TFToOnnx(Converter):
     target_format = "onnx"
 
     def convert(self, src: Path, dst: Path, options: ConvertOptions) -> ConvertResult:
-        params = {**options.model_config.parameters, **options.extra}
         return export_onnx(
             src,
             dst,
             opset=options.opset,
-            signature_name=str(params.get("signature_name", DEFAULT_SIGNATURE)),
+            parameters={**options.model_config.parameters, **options.extra},
             dynamic_batch=options.dynamic_batch,
             validate=options.validate,
             atol=options.atol,
