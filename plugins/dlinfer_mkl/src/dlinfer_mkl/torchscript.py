@@ -8,6 +8,7 @@ the new module, so closing the original does not touch it.
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 import numpy as np
@@ -95,7 +96,10 @@ class TorchScriptFreeze(Optimizer):
         channels_last = any(e.dim() == 4 for e in example) if wanted == "auto" else wanted
         if channels_last:
             module = _wrappers()[0](module).eval()
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch 2.13 marks torch.jit deprecated in favour of torch.compile; freezing still
+            # works and, unlike torch.compile, needs no compiler toolchain on the server.
+            warnings.simplefilter("ignore", DeprecationWarning)
             if isinstance(module, torch.jit.ScriptModule):
                 scripted = module
             else:
