@@ -262,6 +262,10 @@ class Pooling(Rule):
             if (pads[0] or pads[1]) and (out - 1) * s >= i + pd:
                 out -= 1  # the last window would start in the padding
             pooled.append(out)
+        starts = [(o - 1) * s - pd for o, s, pd in zip(pooled, strides, pads, strict=True)]
+        if any(st >= i for st, i in zip(starts, size, strict=True)):
+            # Only without padding can Caffe round up to a window beyond the input; its values are undefined.
+            raise fail(io, f"with input {list(io.shape)} the last window starts past the input's end (stride > kernel)")
         # Where the last window ends, in input coordinates (may be short of or past the input's end).
         ends = [(o - 1) * s + k - pd for o, s, k, pd in zip(pooled, strides, kernel, pads, strict=True)]
         x = io.x

@@ -1,0 +1,43 @@
+"""``dlinfer-core convert --from caffe --to onnx`` end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dlinfer.cli import main
+from dlinfer_caffe.converter import opencv_outputs
+from dlinfer_caffe.testing import CLASSIC, L
+from dlinfer_caffe.writer import write_caffe_model
+
+
+def test_convert_command_writes_a_validated_onnx_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import onnxruntime as ort
+
+    version = tmp_path / "squeezenet" / "1"
+    write_caffe_model(version, CLASSIC["squeezenet"](), seed=2)
+    out = tmp_path / "squeezenet.onnx"
+    assert main(["convert", str(version), "--from", "caffe", "--to", "onnx", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "with caffe-onnx" in printed
+    assert "compared with OpenCV DNN" in printed and "within tolerance" in printed
+
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(3).standard_normal((2, 3, 227, 227)).astype(np.float32)
+    (got,) = session.run(["prob"], {"data": x})
+    expected = opencv_outputs(version / "deploy.prototxt", version / "model.caffemodel", {"data": x}, ["prob"])
+    np.testing.assert_allclose(got, expected["prob"], rtol=1e-3, atol=1e-6)
+
+
+def test_convert_detects_the_format_and_reports_bad_models(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    version = tmp_path / "1"
+    text = 'name: "n"\ninput: "data"\ninput_dim: 1 input_dim: 2 input_dim: 3 input_dim: 3\n' + L("r", "ReLU", "data")
+    write_caffe_model(version, text)
+    assert main(["convert", str(version / "deploy.prototxt"), "--no-validate"]) == 0
+    assert (version / "model.onnx").is_file()
+    (version / "deploy.prototxt").write_text(text + L("t", "Threshold", "r"))
+    assert main(["convert", str(version), "--from", "caffe", "-o", str(tmp_path / "x.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "layer 't' has type 'Threshold'" in err

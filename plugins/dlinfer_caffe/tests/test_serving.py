@@ -1,0 +1,108 @@
+"""A real node serving Caffe models, queried with tritonclient; broken models
+are reported unavailable with their reason while the rest keep serving."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from dlinfer.testing import RunningNode, node_config
+from dlinfer_caffe.converter import opencv_outputs
+from dlinfer_caffe.testing import L, conv, net
+from dlinfer_caffe.writer import write_caffe_model
+
+from .conftest import relative_error
+
+httpclient = pytest.importorskip("tritonclient.http")
+
+BODY = (
+    conv("conv1", "data", 6, 3, 2, 1)
+    + L("bn1", "BatchNorm", "conv1", "conv1")
+    + L("scale1", "Scale", "conv1", "conv1", "scale_param { bias_term: true }")
+    + L("relu1", "ReLU", "conv1", "conv1")
+    + L("pool1", "Pooling", "conv1", params="pooling_param { pool: MAX kernel_size: 3 stride: 2 }")
+    + L("fc", "InnerProduct", "pool1", params="inner_product_param { num_output: 5 }")
+    + L("prob", "Softmax", "fc")
+)
+PROTOTXT = net("small", (1, 3, 16, 16), BODY)
+
+
+@pytest.fixture
+def repository(tmp_path: Path) -> Path:
+    root = tmp_path / "models"
+    write_caffe_model(root / "caffenet" / "1", PROTOTXT, seed=3)
+
+    bad_syntax = root / "bad_syntax" / "1"
+    write_caffe_model(bad_syntax, PROTOTXT)
+    (bad_syntax / "deploy.prototxt").write_text(PROTOTXT.replace("num_output: 5 }", "num_output: 5 "))
+
+    corrupt = root / "corrupt" / "1"
+    write_caffe_model(corrupt, PROTOTXT)
+    data = (corrupt / "model.caffemodel").read_bytes()
+    (corrupt / "model.caffemodel").write_bytes(data[: len(data) // 2])
+
+    mismatch = root / "mismatch" / "1"
+    write_caffe_model(mismatch, PROTOTXT)
+    (mismatch / "deploy.prototxt").write_text(PROTOTXT.replace("num_output: 6", "num_output: 8"))
+
+    unsupported = root / "unsupported" / "1"
+    write_caffe_model(unsupported, PROTOTXT)
+    (unsupported / "deploy.prototxt").write_text(PROTOTXT + L("thr", "Threshold", "prob"))
+    return root
+
+
+def test_node_serves_caffe_model_to_tritonclient(repository: Path) -> None:
+    config = node_config(repository)
+    with RunningNode(config) as node:
+        client = httpclient.InferenceServerClient(node.url.removeprefix("http://"))
+        assert client.is_model_ready("caffenet")
+        meta = client.get_model_metadata("caffenet")
+        assert meta["platform"] == "caffe"
+        assert meta["inputs"] == [{"name": "data", "datatype": "FP32", "shape": [-1, 3, 16, 16]}]
+        assert {o["name"] for o in meta["outputs"]} == {"prob"}
+
+        x = np.random.default_rng(7).standard_normal((4, 3, 16, 16)).astype(np.float32)
+        inp = httpclient.InferInput("data", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=False)
+        result = client.infer("caffenet", [inp], outputs=[httpclient.InferRequestedOutput("prob", binary_data=False)])
+        got = result.as_numpy("prob")
+
+        version = repository / "caffenet" / "1"
+        expected = opencv_outputs(version / "deploy.prototxt", version / "model.caffemodel", {"data": x}, ["prob"])
+        assert got.shape == (4, 5)
+        assert relative_error(expected["prob"], got) <= 1e-4
+        np.testing.assert_allclose(got.sum(axis=1), 1, rtol=1e-5)
+
+
+def test_broken_models_are_unavailable_with_reason(repository: Path) -> None:
+    config = node_config(repository)
+    with RunningNode(config) as node:
+        index = requests.post(f"{node.url}/v2/repository/index", json={}, timeout=10).json()
+        by_name = {row["name"]: row for row in index}
+        assert by_name["caffenet"]["state"] == "READY"
+        reasons = {name: by_name[name]["reason"] for name in ("bad_syntax", "corrupt", "mismatch", "unsupported")}
+        assert all(by_name[name]["state"] == "UNAVAILABLE" for name in reasons)
+        assert "deploy.prototxt" in reasons["bad_syntax"] and "not a valid Caffe network" in reasons["bad_syntax"]
+        assert "model.caffemodel" in reasons["corrupt"] and "corrupt or truncated" in reasons["corrupt"]
+        assert "layer 'conv1' (Convolution)" in reasons["mismatch"]
+        assert "[6, 3, 3, 3]" in reasons["mismatch"] and "[8, 3, 3, 3]" in reasons["mismatch"]
+        assert "'thr'" in reasons["unsupported"] and "'Threshold'" in reasons["unsupported"]
+        assert "Convolution" in reasons["unsupported"]  # the supported list
+
+        client = httpclient.InferenceServerClient(node.url.removeprefix("http://"))
+        assert not client.is_model_ready("corrupt")
+        r = requests.post(
+            f"{node.url}/v2/models/mismatch/infer",
+            json={"inputs": [{"name": "data", "datatype": "FP32", "shape": [1, 3, 16, 16], "data": [0.0] * 768}]},
+            timeout=10,
+        )
+        assert r.status_code == 503 and "mismatch" in r.json()["error"]
+        # The good model still answers after the failures.
+        x = np.zeros((1, 3, 16, 16), np.float32)
+        inp = httpclient.InferInput("data", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=False)
+        out = client.infer("caffenet", [inp]).as_numpy("prob")
+        assert out.shape == (1, 5)
