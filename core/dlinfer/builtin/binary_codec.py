@@ -34,6 +34,9 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 
 _LEN = struct.Struct("<I")
 
+#: Product of a shape's non-zero dimensions beyond which no tensor can exist.
+MAX_SPAN = 2**48
+
 
 def check_shape(name: str, shape: Any, max_elements: int | None = None) -> int:
     """Validate a wire shape (non-negative integers); return its element count."""
@@ -44,6 +47,9 @@ def check_shape(name: str, shape: Any, max_elements: int | None = None) -> int:
     n = element_count(shape)
     if max_elements is not None and n > max_elements:
         raise InvalidInput(f"input {name!r}: shape {list(shape)} has {n} elements, over the limit of {max_elements}")
+    # numpy refuses such shapes even with a zero dimension (e.g. [0, 2**40, 2**40]).
+    if element_count([d or 1 for d in shape]) > MAX_SPAN:
+        raise InvalidInput(f"input {name!r}: shape {list(shape)} is too large")
     return n
 
 

@@ -80,7 +80,10 @@ def tensor_from_json(name: str, datatype: str, shape: list[int], data: Any) -> n
         arr = _cast(arr, dtype, datatype, where)
     if arr.size != expected:
         raise InvalidInput(f"{where}: shape {shape} needs {expected} elements, but 'data' has {arr.size}")
-    return arr.reshape(shape)
+    try:
+        return arr.reshape(shape)
+    except ValueError:  # an empty tensor with huge other dimensions, e.g. [0, 2**40, 2**40]
+        raise InvalidInput(f"{where}: shape {shape} is too large") from None
 
 
 def _cast(arr: np.ndarray, dtype: np.dtype, datatype: str, where: str) -> np.ndarray:
