@@ -205,7 +205,9 @@ async function fillExample() {
     const n = shape.reduce((a, b) => a * b, 1);
     return { name: t.name, datatype: t.datatype, shape, data: Array(n).fill(zero[t.datatype] ?? 0) };
   });
-  document.getElementById("try-body").value = JSON.stringify({ inputs }, null, 1);
+  // One input per line: readable and easy to edit, however long the data.
+  const lines = inputs.map((t) => "  " + JSON.stringify(t)).join(",\n");
+  document.getElementById("try-body").value = `{"inputs": [\n${lines}\n]}`;
 }
 
 async function sendTry(event) {
