@@ -275,7 +275,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ns.command == "openapi":
             return cmd_openapi(config, plugins)
         if ns.command == "optimize":
-            return cmd_optimize(config, plugins, ns)
+            try:
+                return cmd_optimize(config, plugins, ns)
+            except DlinferError as exc:
+                print(f"dlinfer-core: error: {exc}", file=sys.stderr)
+                return 1
         from .server import serve
 
         plugins.hook.dlinfer_options(options=ns)

@@ -78,6 +78,11 @@ class Optimizer(abc.ABC):
     #: The gate for this step when config gives no ``[optimize_options.<name>]`` override;
     #: None: the model's ``[optimize_tolerance]``.
     tolerance: ClassVar[OptimizeTolerance | None] = None
+    #: Optimizers whose result this one refines (e.g. bf16 recompiling an OpenVINO model):
+    #: ``dlinfer-core optimize`` also tries ``[other, this]`` for each.
+    refines: ClassVar[tuple[str, ...]] = ()
+    #: Whether ``dlinfer-core optimize`` tries it as a variant (settings such as threads do not).
+    autotune: ClassVar[bool] = True
 
     def applies_to(self, runner: Runner, ctx: OptimizeContext) -> bool:
         """Whether this optimizer can transform ``runner`` (cheap; no side effects)."""
@@ -349,20 +354,20 @@ class Variant:
 
     @property
     def label(self) -> str:
-        return "+".join(self.pipeline) or "(as loaded)"
+        return "+".join(self.pipeline) or "baseline"
 
 
 def candidate_pipelines(
     plugins: Plugins, runner: Runner, ctx_factory: Callable[[], OptimizeContext], reduced_precision: bool
 ) -> list[tuple[str, ...]]:
     """The model as loaded, each full-precision optimizer that applies, and (if asked) each
-    reduced-precision one alone and after each full-precision one."""
+    reduced-precision one alone and after each optimizer it ``refines``."""
     full, reduced = [], []
     for entry in plugins.registry("dlinfer_optimizers").values():
         cls = entry.obj
         if not getattr(cls, "autotune", True):
             continue
-        (reduced if cls.reduced_precision else full).append(cls)
+        (reduced if getattr(cls, "reduced_precision", False) else full).append(cls)
     ctx = ctx_factory()
     full = [c for c in full if c().applies_to(runner, ctx)]
     out: list[tuple[str, ...]] = [(), *((c.name,) for c in full)]
@@ -370,7 +375,7 @@ def candidate_pipelines(
         for r in reduced:
             if r().applies_to(runner, ctx):
                 out.append((r.name,))
-            out.extend((c.name, r.name) for c in full)
+            out.extend((c.name, r.name) for c in full if c.name in getattr(r, "refines", ()))
     return out
 
 

@@ -22,6 +22,7 @@ class Bf16(Optimizer):
     name = "bf16"
     reduced_precision = True
     tolerance = REDUCED_TOLERANCE
+    refines = ("openvino",)
 
     def applies_to(self, runner: Runner, ctx: OptimizeContext) -> bool:
         from dlinfer.onnx_source import has_onnx
