@@ -10,6 +10,8 @@ Models (in a repository under a session temp folder):
 - ``tf1``: a ``tf.compat.v1`` graph saved with ``saved_model.Builder``, with predict,
   classify and regress signatures.
 - ``bad_signature``: ``multi`` configured with a signature it lacks (fails to load).
+- ``tf1_batched``: ``tf1`` with dynamic batching (4 rows, long queue delay).
+- ``linear``: an ONNX model (dlinfer-onnx), to show the TF-Serving API serves any backend.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 import pytest
 
 from dlinfer.plugins import Plugins
-from dlinfer.testing import RunningNode, node_config, write_model
+from dlinfer.testing import RunningNode, node_config, onnx_linear_model, write_model
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -111,15 +113,23 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_tf1(repo / "tf1" / "1")
     shutil.copytree(repo / "multi" / "1", repo / "bad_signature" / "1")
     (repo / "bad_signature" / "config.toml").write_text('[parameters]\nsignature_name = "nope"\n')
+    shutil.copytree(repo / "tf1" / "1", repo / "tf1_batched" / "1")
+    (repo / "tf1_batched" / "config.toml").write_text(
+        "max_batch_size = 4\n[dynamic_batching]\npreferred_batch_size = [4]\nmax_queue_delay_us = 2000000\n"
+    )
+    write_model(repo, "linear", files={"model.onnx": onnx_linear_model()})
     return repo
 
 
 def tf_plugins(config: Any) -> Plugins:
-    """The built-ins plus this plugin only, so the tests do not depend on other installed plugins."""
+    """The built-ins, this plugin and the ONNX backend only, so the tests do not depend on
+    whatever else is installed."""
+    import dlinfer_onnx.plugin
     import dlinfer_tf.plugin
 
     plugins = Plugins(config).load(entry_points=False)
     plugins.register(dlinfer_tf.plugin, "tf", "dlinfer-tf")
+    plugins.register(dlinfer_onnx.plugin, "onnx", "dlinfer-onnx")
     return plugins
 
 
