@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -34,7 +35,7 @@ from .health import ActiveChecker, OutlierDetector
 from .membership import Membership, Node
 from .metrics import GatewayMetrics
 from .proxy import Proxy, RetryBudget, Route
-from .settings import PREFIX, LbSettings, NodeEntry, check_url, node_file_path, policy_for
+from .settings import PREFIX, LbSettings, NodeEntry, RoutePolicy, check_url, node_file_path, policy_for
 
 log = logging.getLogger("dlinfer.lb")
 
@@ -73,7 +74,7 @@ class Gateway:
         route = self._routes.get(model)
         if route is None:
             policy = policy_for(self.settings, model)
-            route = self._routes[model] = Route(policy, self.strategies[policy.strategy](policy))
+            route = self._routes[model] = Route(policy, make_strategy(self.strategies[policy.strategy], policy))
         return route
 
     # ------------------------------------------------------------ node pools
@@ -179,6 +180,18 @@ class Gateway:
                     reason = content[:200].decode("utf-8", "replace")
                 return json_response({"error": f"node {node.url}: {reason}"}, status)
         return json_response({})
+
+
+def make_strategy(cls: type, policy: RoutePolicy) -> Any:
+    """One strategy instance for a model: ``cls(policy=...)`` when the class takes
+    a ``policy`` (the built-ins do), else ``cls()``."""
+    try:
+        params = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):
+        params = ()
+    if any(p.name == "policy" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return cls(policy=policy)
+    return cls()
 
 
 async def _close_when_idle(node: Node, grace_s: float = 30.0) -> None:

@@ -29,12 +29,12 @@ STATIC, FILE, REGISTERED = "static", "file", "registered"
 class Node:
     """One upstream node as the gateway sees it.
 
-    Strategies read ``url``, ``weight`` and ``outstanding``; the health
-    machinery owns the rest.
+    Strategies read ``url`` (also as ``name``), ``weight`` and ``outstanding``;
+    the health machinery owns the rest.
     """
 
     def __init__(self, url: str, weight: int = 1) -> None:
-        self.url = url
+        self.url = self.name = url
         self.weight = weight
         self.sources: dict[str, int] = {}  # source -> weight it gave
         self.session: aiohttp.ClientSession | None = None

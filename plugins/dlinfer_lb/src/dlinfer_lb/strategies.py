@@ -1,7 +1,8 @@
 """The built-in balancing strategies, registered through ``dlinfer_balancers``.
 
-A strategy class has a ``name`` and is instantiated once per model with the
-model's :class:`~dlinfer_lb.settings.RoutePolicy`. The gateway calls
+A strategy class has a ``name`` and is instantiated once per model, as
+``cls(policy=...)`` with the model's :class:`~dlinfer_lb.settings.RoutePolicy`
+when its constructor takes ``policy``, else as ``cls()``. The gateway calls
 ``pick(model, candidates, request)`` with the admitted nodes that have the
 model ready (never empty) and ``observe(node, outcome, latency_s)`` after
 each attempt, ``outcome`` being ``"success"`` or ``"failure"``. Nodes expose

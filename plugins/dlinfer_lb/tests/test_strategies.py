@@ -1,0 +1,138 @@
+"""The balancing strategies on their own: the algorithms' defining properties."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from dlinfer.config import node_config_from_dict
+from dlinfer.plugins import Plugins
+from dlinfer_lb.membership import Node
+from dlinfer_lb.settings import LbSettings, policy_for
+from dlinfer_lb.strategies import FAILURE, SUCCESS, ConsistentHash, LeastOutstanding, PeakEwma, SmoothWeightedRoundRobin
+
+
+def _policy(**lb):
+    return policy_for(LbSettings(**lb), "m")
+
+
+def _nodes(*weights: int) -> list[Node]:
+    return [Node(f"http://n{i}", w) for i, w in enumerate(weights)]
+
+
+class _Request:
+    def __init__(self, key: str | None) -> None:
+        self.headers = {"x-dlinfer-hash-key": key} if key is not None else {}
+
+
+def test_swrr_is_smooth_and_starts_from_the_weights() -> None:
+    a, b, c = _nodes(5, 1, 1)
+    s = SmoothWeightedRoundRobin(_policy())
+    seq = [s.pick("m", [a, b, c], None).url[-1] for _ in range(7)]
+    assert seq == ["0", "0", "1", "0", "2", "0", "0"]  # nginx's a a b a c a a
+
+
+def test_swrr_lowers_effective_weight_on_failure_and_recovers_on_success() -> None:
+    a, b = _nodes(4, 4)
+    s = SmoothWeightedRoundRobin(_policy())
+    for _ in range(3):
+        s.observe(a, FAILURE, 0.0)
+    picks = Counter(s.pick("m", [a, b], None).url for _ in range(50))
+    assert picks[a.url] == 10 and picks[b.url] == 40  # effective weight 1 against 4
+    for _ in range(3):
+        s.observe(a, SUCCESS, 0.0)
+    picks = Counter(s.pick("m", [a, b], None).url for _ in range(80))
+    assert picks[a.url] == picks[b.url] == 40
+
+
+def test_least_outstanding_picks_the_idlest() -> None:
+    a, b, c = _nodes(1, 1, 1)
+    a.outstanding, b.outstanding, c.outstanding = 3, 1, 2
+    assert LeastOutstanding(_policy()).pick("m", [a, b, c], None) is b
+
+
+def test_p2c_prefers_lower_latency_and_penalises_failures() -> None:
+    fast, slow = _nodes(1, 1)
+    s = PeakEwma(_policy())
+    s.observe(fast, SUCCESS, 0.002)
+    s.observe(slow, SUCCESS, 0.050)
+    assert all(s.pick("m", [fast, slow], None) is fast for _ in range(20))
+    slow.outstanding = 0
+    fast.outstanding = 40  # 0.002 x 41 > 0.050: load outweighs latency
+    assert s.pick("m", [fast, slow], None) is slow
+    fast.outstanding = 0
+    s.observe(fast, FAILURE, 0.0001)  # a fast failure counts as the whole deadline
+    assert s.pick("m", [fast, slow], None) is slow
+
+
+def test_consistent_hash_is_sticky_and_bounded() -> None:
+    nodes = _nodes(1, 1, 1, 1)
+    s = ConsistentHash(_policy())
+    keys = [f"user-{i}" for i in range(200)]
+    first = {k: s.pick("m", nodes, _Request(k)).url for k in keys}
+    assert first == {k: s.pick("m", nodes, _Request(k)).url for k in keys}
+    assert len(set(first.values())) == 4
+    # Removing a node moves only the keys it owned.
+    moved = [k for k in keys if s.pick("m", nodes[:3], _Request(k)).url != first[k]]
+    assert moved and all(first[k] == nodes[3].url for k in moved)
+    # A hot node over the bound spills its keys to the next node on the ring.
+    owner = next(n for n in nodes if n.url == first["user-0"])
+    owner.outstanding = 10
+    assert s.pick("m", nodes, _Request("user-0")) is not owner
+    owner.outstanding = 0
+    assert s.pick("m", nodes, _Request(None)) in nodes
+
+
+def _config(lb: dict, disable=("dlinfer.server.v2_http", "dlinfer.server.v2_grpc")):
+    from dlinfer.plugins import BUILTIN_PLUGINS
+
+    data = {"plugins": {"disable": [d for d in disable if d in BUILTIN_PLUGINS], "lb": lb}}
+    return node_config_from_dict(data, source="gateway.toml")
+
+
+@pytest.mark.parametrize(
+    ("lb", "message"),
+    [
+        ({"strategy": 3}, "gateway.toml: plugins.lb.strategy: expected a string, got 3 (int)"),
+        ({"nodes": ["http://a:1", "ftp://b"]}, "gateway.toml: plugins.lb.nodes[1].url: expected an http://"),
+        ({"health": {"interval_s": "2s"}}, "gateway.toml: plugins.lb.health.interval_s: expected a number"),
+        ({"outlier": {"max_ejection_percent": 150}}, "plugins.lb.outlier.max_ejection_percent: expected an integer"),
+        ({"models": {"r": {"deadline_ms": 0}}}, "gateway.toml: plugins.lb.models.r.deadline_ms: expected an integer"),
+        ({"retries": 2}, "gateway.toml: plugins.lb.retries: unknown key"),
+        ({"register": {"gateways": ["http://gw:8000"]}}, "plugins.lb.register.token: required"),
+    ],
+)
+def test_bad_settings_name_file_and_key(lb, message) -> None:
+    from dlinfer import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        Plugins(_config(lb)).load()
+    assert message in str(info.value)
+
+
+def test_gateway_mode_needs_the_local_v2_frontends_off() -> None:
+    from dlinfer import ConfigError
+
+    with pytest.raises(ConfigError, match=r"plugins.lb.enabled: .*disable = \[\"dlinfer.server.v2_http\""):
+        Plugins(_config({"enabled": True}, disable=())).load()
+
+
+def test_unknown_strategy_is_refused_at_start() -> None:
+    from dlinfer import ConfigError
+    from dlinfer.server import create_app
+
+    config = _config({"enabled": True, "models": {"r": {"strategy": "random"}}})
+    with pytest.raises(ConfigError, match=r"plugins.lb.models.r.strategy: unknown strategy 'random'; installed: "):
+        create_app(config)
+
+
+def test_without_lb_settings_a_node_is_unchanged() -> None:
+    plugins = Plugins(node_config_from_dict({}, source="node.toml")).load()
+    assert plugins.infos["lb"].status == "loaded"
+    assert {"swrr", "least_outstanding", "p2c", "consistent_hash"} <= set(plugins.registry("dlinfer_balancers"))
+    from dlinfer.server import create_app
+
+    app = create_app(plugins.config, plugins)
+    paths = {r.resource.canonical for r in app.router.routes() if r.resource is not None}
+    assert "/v2/-/nodes" not in paths and "/v2/models/{model}/infer" in paths
