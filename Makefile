@@ -2,7 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-PLUGINS := $(sort $(wildcard plugins/dlinfer_*))
+PLUGINS := $(filter-out plugins/dlinfer_trt,$(sort $(wildcard plugins/dlinfer_*)))
+# dlinfer-trt depends on tensorrt and cuda-python (several GB of CUDA libraries). Without a GPU
+# it is installed without them; its GPU tests then skip and everything else is tested.
+NO_DEPS_PLUGINS := $(wildcard plugins/dlinfer_trt)
 # Third-party-style example plugins, installed like a user would, so their tests run too.
 EXAMPLE_PLUGINS := $(sort $(wildcard examples/plugins/dlinfer_*))
 PORT ?= 8000
@@ -15,6 +18,7 @@ $(BIN)/python:
 
 install: $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements-dev.txt -e . $(foreach p,$(PLUGINS) $(EXAMPLE_PLUGINS),-e $(p))
+	$(if $(NO_DEPS_PLUGINS),$(BIN)/pip install --quiet --no-deps $(foreach p,$(NO_DEPS_PLUGINS),-e $(p)))
 
 examples: install
 	$(BIN)/python examples/make_models.py examples/models

@@ -66,7 +66,7 @@ def test_entry_point_plugin_is_loaded_and_listed(site: Path) -> None:
 def test_builtins_are_plugins_too() -> None:
     plugins = Plugins(_config()).load(entry_points=False)
     names = {p.name: p for p in plugins.list()}
-    assert names["dlinfer.server.v2_http"].hooks == ("dlinfer_routes",)
+    assert "dlinfer_routes" in names["dlinfer.server.v2_http"].hooks
     assert names["dlinfer.builtin.json_codec"].distribution == "dlinfer"
     assert "json" in plugins.registry("dlinfer_codecs")
 

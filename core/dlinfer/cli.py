@@ -119,7 +119,10 @@ def cmd_plugins(plugins: Plugins, ns: argparse.Namespace) -> int:
     if ns.json:
         print(orjson.dumps([i.to_json() for i in infos], option=orjson.OPT_INDENT_2).decode())
         return 0
-    rows = [(i.name, i.distribution, i.version, i.status, ", ".join(i.hooks) or i.error) for i in infos]
+    rows = [
+        (i.name, i.distribution, i.version, i.status, "; ".join(filter(None, [", ".join(i.hooks), i.error])))
+        for i in infos
+    ]
     _table(("name", "distribution", "version", "status", "hooks"), rows)
     return 0
 

@@ -56,6 +56,16 @@ def dlinfer_options(options: argparse.Namespace) -> None:
     """
 
 
+@hookspec
+def dlinfer_unavailable() -> str | None:
+    """Say why this plugin cannot work on this machine (e.g. no GPU), or None.
+
+    ``dlinfer-core plugins list`` and ``GET /v2/-/plugins`` then show the plugin
+    as ``unavailable`` with the reason. Called only when plugins are listed, so
+    it may import heavy modules to find out.
+    """
+
+
 @hookspec(historic=True)
 def dlinfer_configure(config: NodeConfig) -> None:
     """Validate and take the node configuration.

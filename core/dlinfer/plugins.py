@@ -53,7 +53,7 @@ class PluginInfo:
     name: str
     distribution: str
     version: str
-    status: str  # "loaded", "disabled", "failed"
+    status: str  # "loaded", "unavailable" (loaded, but cannot work here), "disabled", "failed"
     hooks: tuple[str, ...] = ()
     error: str = ""
 
@@ -209,7 +209,16 @@ class Plugins:
         self.infos[name] = PluginInfo(name, dist, version, status, hooks, error)
 
     def list(self) -> list[PluginInfo]:
-        return list(self.infos.values())
+        """Every plugin; loaded ones that report a reason via ``dlinfer_unavailable`` show as unavailable."""
+        reasons = {}
+        for impl in self.pm.hook.dlinfer_unavailable.get_hookimpls():
+            reason = impl.function()
+            if reason:
+                reasons[impl.plugin_name] = reason
+        return [
+            attrs.evolve(info, status="unavailable", error=reasons[name]) if name in reasons else info
+            for name, info in self.infos.items()
+        ]
 
     # ------------------------------------------------------------- registries
 

@@ -1,0 +1,77 @@
+"""Custom operators in ONNX graphs, and the TensorRT plugins that implement them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from dlinfer import ModelLoadError
+
+log = logging.getLogger("dlinfer.trt")
+
+#: Domains whose operators TensorRT's ONNX parser implements itself.
+STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml"}
+
+
+def custom_ops(model: Any) -> list[tuple[str, str]]:
+    """``(domain, op_type)`` of every node outside the standard ONNX domains, in the
+    main graph and in subgraphs (If/Loop/Scan bodies)."""
+    found: set[tuple[str, str]] = set()
+
+    def walk(graph: Any) -> None:
+        for node in graph.node:
+            if node.domain not in STANDARD_DOMAINS:
+                found.add((node.domain, node.op_type))
+            for attr in node.attribute:
+                if attr.g and attr.g.node:
+                    walk(attr.g)
+                for g in attr.graphs:
+                    walk(g)
+
+    walk(model.graph)
+    return sorted(found)
+
+
+def missing_plugins(ops: Iterable[tuple[str, str]], registered: Iterable[str]) -> list[tuple[str, str]]:
+    """Custom ops with no registered plugin (matched by op type, as the ONNX parser does)."""
+    names = set(registered)
+    return [(d, op) for d, op in ops if op not in names]
+
+
+def require_plugins(model: Any, registered: Iterable[str]) -> None:
+    """Refuse a graph with custom ops that no ``dlinfer_trt_plugins`` hook registered."""
+    missing = missing_plugins(custom_ops(model), registered)
+    if missing:
+        listed = ", ".join(f"{op} (domain {d!r})" for d, op in missing)
+        raise ModelLoadError(
+            f"the ONNX graph uses custom operators with no TensorRT plugin: {listed}. Install a plugin "
+            "distribution whose dlinfer_trt_plugins hook provides them (see docs/backends/tensorrt.md)"
+        )
+
+
+def register_plugins(entries: Iterable[Any]) -> list[str]:
+    """Register plugin creators and plugin libraries with TensorRT; return the op names provided.
+
+    Each entry has ``name``; it is either a creator (an object TensorRT's registry
+    accepts, or a class making one) or has ``library`` naming a ``.so`` file.
+    """
+    import tensorrt as trt
+
+    registry = trt.get_plugin_registry()
+    trt.init_libnvinfer_plugins(trt.Logger(trt.Logger.WARNING), "")
+    names = []
+    for entry in entries:
+        library = getattr(entry, "library", None)
+        if library:
+            if not Path(library).is_file():
+                raise ModelLoadError(f"TensorRT plugin {entry.name!r}: library {library} does not exist")
+            registry.load_library(str(library))
+        else:
+            creator = entry() if isinstance(entry, type) else entry
+            namespace = getattr(creator, "plugin_namespace", "")
+            if not registry.register_creator(creator, namespace):
+                log.info("TensorRT plugin %s was already registered", entry.name)
+        names.append(entry.name)
+    return names
