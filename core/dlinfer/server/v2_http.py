@@ -84,6 +84,8 @@ async def read_body(request: web.Request) -> bytes:
         return await asyncio.wait_for(request.read(), limits.body_timeout_s)
     except TimeoutError:
         raise RequestTimeout(f"request body not received within {limits.body_timeout_s:g} s") from None
+    except ConnectionResetError:  # the client went away mid-body: nothing to log as a server fault
+        raise InvalidInput("the client closed the connection before sending the whole body") from None
 
 
 def pick_codec(request: web.Request) -> Any:
