@@ -1,8 +1,9 @@
 """The configuration reference, generated from the attrs classes themselves.
 
 ``python -m dlinfer.docgen`` prints the Markdown tables of ``node.toml`` and
-of a model's ``config.toml``; ``docs/configuration-reference.md`` is its output
-and a test keeps the two equal, so the reference never drifts from the code.
+of a model's ``config.toml`` (``docs/configuration-reference.md``);
+``python -m dlinfer.docgen hooks`` prints the hook reference (``docs/hooks.md``).
+Tests keep both files equal to what the code says, so they never drift.
 """
 
 from __future__ import annotations
@@ -112,5 +113,37 @@ def reference() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def hooks_reference(module: Any = None) -> str:
+    """The hook reference (docs/hooks.md) from the hookspecs' signatures and docstrings."""
+    import inspect
+
+    if module is None:
+        from . import hookspecs as module
+    lines = [
+        "# Hook reference",
+        "",
+        "Generated from `core/dlinfer/hookspecs.py` by `python -m dlinfer.docgen hooks`; do not edit by hand.",
+        "",
+        "All implementations of a hook are called (newest registration first) and their results collected",
+        "in a list, unless the hook is *firstresult* (the first non-None result wins and the rest are",
+        "skipped) or *historic* (a plugin registered later is still called with the original arguments).",
+        "Implement a hook by defining a function of the same name, decorated with `dlinfer.hookimpl`, in",
+        "your plugin module; it may accept any subset of the arguments.",
+        "",
+    ]
+    for name in hookspec_names(module):
+        fn = getattr(module, name)
+        opts = fn.dlinfer_spec
+        flags = [k for k in ("firstresult", "historic") if opts.get(k)]
+        sig = str(inspect.signature(fn)).replace("'", "")
+        lines += [f"## `{name}`", "", "```python", f"def {name}{sig}", "```", ""]
+        if flags:
+            lines += [f"*{', '.join(flags)}*", ""]
+        lines += [inspect.cleandoc(fn.__doc__ or ""), ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
 if __name__ == "__main__":
-    print(reference(), end="")
+    import sys
+
+    print(hooks_reference() if sys.argv[1:] == ["hooks"] else reference(), end="")
