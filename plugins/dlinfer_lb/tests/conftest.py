@@ -20,7 +20,14 @@ import requests
 from dlinfer import hookimpl
 from dlinfer.config import node_config_from_dict
 from dlinfer.plugins import BUILTIN_PLUGINS, Plugins
-from dlinfer.testing import RunningNode, free_port, node_config, onnx_linear_model, write_model
+from dlinfer.testing import (
+    RunningNode,
+    free_port,
+    node_config,
+    onnx_identity_model,
+    onnx_linear_model,
+    write_model,
+)
 
 LOCAL_V2 = [p for p in ("dlinfer.server.v2_http", "dlinfer.server.v2_grpc") if p in BUILTIN_PLUGINS]
 
@@ -51,8 +58,8 @@ class Recorder:
 
 
 class Cluster:
-    """Three nodes: ``linear`` and ``p2c`` on all, ``only12`` on nodes 1 and 2;
-    node 3 answers ``p2c`` 50 ms late."""
+    """Three nodes: ``linear``, ``p2c`` and ``identity`` on all, ``only12`` on
+    nodes 1 and 2; node 3 answers ``p2c`` 50 ms late."""
 
     def __init__(self, root: Path) -> None:
         self.nodes: list[RunningNode] = []
@@ -62,6 +69,7 @@ class Cluster:
             repo = root / f"node{i}"
             write_model(repo, "linear", 1, {"model.onnx": onnx_linear_model()})
             write_model(repo, "p2c", 1, {"model.onnx": onnx_linear_model()})
+            write_model(repo, "identity", 1, {"model.onnx": onnx_identity_model("FP32", ["batch", "n"])})
             if i in (1, 2):
                 write_model(repo, "only12", 1, {"model.onnx": onnx_linear_model(seed=1)})
             recorder = Recorder("p2c", 0.05) if i == 3 else Recorder()

@@ -36,12 +36,13 @@ def test_model_aware_routing(cluster, start_gateway, helpers) -> None:
 
     index = requests.post(f"{gw.url}/v2/repository/index", json={"ready": True}, timeout=5).json()
     assert [(r["name"], r["version"], r["state"]) for r in index] == [
+        ("identity", "1", "READY"),
         ("linear", "1", "READY"),
         ("only12", "1", "READY"),
         ("p2c", "1", "READY"),
     ]
     nodes = helpers.nodes_status(gw.url)
-    assert sorted(nodes[cluster.urls[2]]["models"]) == ["linear", "p2c"]
+    assert sorted(nodes[cluster.urls[2]]["models"]) == ["identity", "linear", "p2c"]
 
 
 def test_clients_cannot_tell_gateway_from_node(cluster, start_gateway) -> None:
@@ -81,3 +82,14 @@ def test_p2c_ewma_sends_less_to_a_slow_node(cluster, start_gateway, helpers) -> 
     fast1, fast2, slow = (a - b for a, b in zip(cluster.counts("p2c"), before, strict=True))
     # Round robin would give each node 100; the node 50 ms slower must get far less.
     assert slow < 0.5 * min(fast1, fast2), (fast1, fast2, slow)
+
+
+def test_large_answers_are_streamed_through(cluster, start_gateway) -> None:
+    gw = start_gateway(nodes=cluster.urls)
+    x = np.random.default_rng(0).standard_normal((1, 400_000)).astype(np.float32)  # 1.6 MB each way
+    client = triton.InferenceServerClient(gw.url.removeprefix("http://"))
+    inp = triton.InferInput("x", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=True)
+    result = client.infer("identity", [inp], outputs=[triton.InferRequestedOutput("y", binary_data=True)])
+    np.testing.assert_array_equal(result.as_numpy("y"), x)
+    client.close()

@@ -111,7 +111,10 @@ def describe(spec: dict[str, Any], app: web.Application) -> None:
                     "summary": "Prometheus metrics of the gateway",
                     "tags": ["meta"],
                     "responses": {
-                        "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}
+                        "200": {
+                            "description": "Prometheus text format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
                     },
                 }
             },

@@ -42,3 +42,13 @@ def dlinfer_routes(app: Any, repository: Any) -> None:
         from .register import Heartbeat
 
         app.cleanup_ctx.append(Heartbeat(config, settings.register).lifecycle)
+
+
+@hookimpl
+def dlinfer_openapi(spec: dict[str, Any], app: Any) -> None:
+    from dlinfer.server import CONFIG
+
+    if load_settings(app[CONFIG]).enabled:
+        from .openapi import describe
+
+        describe(spec, app)

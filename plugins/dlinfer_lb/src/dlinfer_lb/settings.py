@@ -175,6 +175,11 @@ def load_settings(config: NodeConfig) -> LbSettings:
     )
     if reg.url:
         check_url(reg.url, f"{config.source}: {PREFIX}.register.url")
+    elif gateways and config.server.host in ("0.0.0.0", "::", ""):
+        raise ConfigError(
+            f"{config.source}: {PREFIX}.register.url: required when server.host is {config.server.host!r}: "
+            "gateways need an address they can reach this node at"
+        )
     if gateways and not reg.token:
         raise ConfigError(f"{config.source}: {PREFIX}.register.token: required when register.gateways is set")
     if settings.enabled:
