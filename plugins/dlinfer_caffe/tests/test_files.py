@@ -103,3 +103,24 @@ def test_detect_and_find_files(tmp_path: Path) -> None:
     (tmp_path / "deploy.prototxt").unlink()
     with pytest.raises(ModelLoadError, match=r"has no deploy\.prototxt"):
         find_model_files(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"layot": "NHWC"}, r"unknown keys \['layot'\]"),
+        ({"layout": "HWC"}, "layout must be"),
+        ({"mean_file": "../mean.binaryproto"}, "a file name in the version folder"),
+        ({"mean_file": "absent.binaryproto"}, "has no absent.binaryproto"),
+        ({"mean_value": [1, 2], "mean_file": "m.binaryproto"}, "not both"),
+        ({"crop_size": 5}, r"crop_size 5 differs from the network's input 8x8"),
+        ({"mean_value": [1.0, 2.0]}, "2 values for 3 channels"),
+    ],
+)
+def test_bad_transform_settings(tmp_path: Path, table: dict, message: str) -> None:
+    from dlinfer_caffe.transform import parse_transform, prepend_transform
+
+    write_caffe_model(tmp_path, SMALL)
+    model = convert_files(tmp_path / "deploy.prototxt", tmp_path / "model.caffemodel")
+    with pytest.raises(ModelLoadError, match=message):
+        prepend_transform(model, parse_transform(table, tmp_path))

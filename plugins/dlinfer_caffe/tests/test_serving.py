@@ -106,3 +106,40 @@ def test_broken_models_are_unavailable_with_reason(repository: Path) -> None:
         inp.set_data_from_numpy(x, binary_data=False)
         out = client.infer("caffenet", [inp]).as_numpy("prob")
         assert out.shape == (1, 5)
+
+
+def test_transform_runs_in_the_graph(tmp_path: Path) -> None:
+    """Clients send RGB HWC uint8 images; the node crops, swaps to BGR, subtracts
+    the mean image and scales, as Caffe's data layer did in the TEST phase."""
+    from dlinfer.testing import write_model
+    from dlinfer_caffe.writer import write_mean_file
+
+    root = tmp_path / "models"
+    version = root / "bgr" / "1"
+    write_caffe_model(version, PROTOTXT, seed=4)
+    rng = np.random.default_rng(5)
+    mean = rng.uniform(90, 130, (3, 20, 22)).astype(np.float32)
+    write_mean_file(version / "mean.binaryproto", mean)
+    transform = {
+        "layout": "NHWC",
+        "datatype": "UINT8",
+        "channel_swap": True,
+        "crop_size": 16,
+        "mean_file": "mean.binaryproto",
+        "scale": 0.017,
+    }
+    write_model(root, "bgr", 1, config={"parameters": {"transform": transform}})
+
+    images = rng.integers(0, 256, (2, 20, 22, 3), dtype=np.uint8)
+    with RunningNode(node_config(root)) as node:
+        client = httpclient.InferenceServerClient(node.url.removeprefix("http://"))
+        meta = client.get_model_metadata("bgr")
+        assert meta["inputs"] == [{"name": "data", "datatype": "UINT8", "shape": [-1, 20, 22, 3]}]
+        inp = httpclient.InferInput("data", list(images.shape), "UINT8")
+        inp.set_data_from_numpy(images, binary_data=False)
+        got = client.infer("bgr", [inp]).as_numpy("prob")
+
+    bgr = images[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32)
+    blob = (bgr[:, :, 2:18, 3:19] - mean[:, 2:18, 3:19]) * 0.017
+    expected = opencv_outputs(version / "deploy.prototxt", version / "model.caffemodel", {"data": blob}, ["prob"])
+    assert relative_error(expected["prob"], got) <= 1e-4

@@ -6,6 +6,8 @@ ONNX Runtime runner; nothing is written into the model repository. Model config
 ``providers``, ``allow_spinning``) plus:
 
 - ``opset``: the ONNX opset to convert to (default 13).
+- ``transform``: Caffe's input preparation (mean, scale, crop, BGR order, image layout),
+  run inside the graph; see :mod:`dlinfer_caffe.transform`.
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ class CaffeLoader(Loader):
         if opset is not None and (not isinstance(opset, int) or not 7 <= opset <= 21):
             raise ModelLoadError(f"parameters.opset must be an integer from 7 to 21, got {opset!r}")
         model = convert_files(prototxt, caffemodel, opset=opset)
+        if "transform" in config.parameters:
+            from .transform import parse_transform, prepend_transform
+
+            model = prepend_transform(model, parse_transform(config.parameters["transform"], path))
         log.info("converted %s + %s to ONNX (%d nodes)", prototxt.name, caffemodel.name, len(model.graph.node))
         onnx_loader = OnnxLoader(self.node_config)
         providers = config.parameters.get("providers", ["CPUExecutionProvider"])
