@@ -4,6 +4,8 @@ model of a signature, model status, signature metadata, classify/regress."""
 from __future__ import annotations
 
 import asyncio
+import importlib
+import sys
 from typing import Any
 
 import attrs
@@ -13,7 +15,8 @@ from dlinfer import InvalidInput, ModelNotFound
 from dlinfer.inference import InferenceRequest, InferInput
 from dlinfer.repository import ModelRepository, ServedModel, check_name
 
-from ..signatures import CLASSIFY, DEFAULT_SIGNATURE, REGRESS, signature_def
+from ..loader import TFRunner
+from ..signatures import CLASSIFY, DEFAULT_SIGNATURE, PREDICT, REGRESS, Signature, signature_def
 
 #: dlinfer repository states -> TF-Serving ModelVersionStatus.State names.
 STATES = {"READY": "AVAILABLE", "LOADING": "LOADING", "UNLOADING": "UNLOADING", "UNAVAILABLE": "END"}
@@ -22,16 +25,20 @@ EXAMPLES_INPUT = "inputs"
 CLASSES, SCORES, REGRESS_OUTPUT = "classes", "scores", "outputs"
 
 
+_PROTOS = "tensorflow_serving.apis.get_model_status_pb2"
+
+
 async def import_protos() -> None:
     """Import TensorFlow's protos off the event loop (importing TensorFlow takes seconds)."""
-    await asyncio.to_thread(_import_protos)
+    if _PROTOS not in sys.modules:
+        await asyncio.to_thread(_import_protos)
 
 
 def _import_protos() -> None:
     from ..runtime import set_environment
 
     set_environment()
-    import tensorflow_serving.apis.get_model_status_pb2  # noqa: F401
+    importlib.import_module(_PROTOS)
 
 
 def find_model(repository: ModelRepository, name: str, version: str | int | None) -> ServedModel:
@@ -39,8 +46,17 @@ def find_model(repository: ModelRepository, name: str, version: str | int | None
     return repository.get(check_name(name), version)
 
 
+def _signatures(model: ServedModel) -> dict[str, Signature]:
+    """Every signature of a TensorFlow model; none for models of other backends."""
+    return model.runner.signatures if isinstance(model.runner, TFRunner) else {}
+
+
+def _signature(model: ServedModel) -> Signature | None:
+    return model.runner.signature if isinstance(model.runner, TFRunner) else None
+
+
 def signature_name_of(model: ServedModel) -> str:
-    sig = getattr(model.runner, "signature", None)
+    sig = _signature(model)
     return sig.name if sig is not None else DEFAULT_SIGNATURE
 
 
@@ -54,7 +70,7 @@ def for_signature(repository: ModelRepository, model: ServedModel, name: str) ->
     current = signature_name_of(model)
     if not name or name == current:
         return model
-    signatures = getattr(model.runner, "signatures", None) or {}
+    signatures = _signatures(model)
     if name not in signatures:
         raise InvalidInput(
             f"Serving signature name: {name!r} not found in signature def of model {model.name!r} "
@@ -79,7 +95,7 @@ def for_signature(repository: ModelRepository, model: ServedModel, name: str) ->
 
 def signature_defs(model: ServedModel) -> dict[str, Any]:
     """SignatureDef protos of every signature of ``model`` (one built from its tensors if it has none)."""
-    signatures = getattr(model.runner, "signatures", None)
+    signatures = _signatures(model)
     if signatures:
         return {
             k: s.definition if s.definition is not None else signature_def(s.inputs, s.outputs, s.method_name)
@@ -112,8 +128,8 @@ def version_status(repository: ModelRepository, name: str, version: str | None) 
 
 
 def _check_method(model: ServedModel, method: str) -> str:
-    sig = getattr(model.runner, "signature", None)
-    actual = sig.method_name if sig is not None else "tensorflow/serving/predict"
+    sig = _signature(model)
+    actual = sig.method_name if sig is not None else PREDICT
     if actual != method:
         raise InvalidInput(
             f"signature {signature_name_of(model)!r} of model {model.name!r} cannot serve this request: "
