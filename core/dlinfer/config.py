@@ -88,7 +88,7 @@ class LimitsConfig:
     max_queue_size: int = setting(256, "Requests waiting per model before HTTP 429.", validator=in_range(1))
     max_tensor_elements: int = setting(
         64 * MiB,
-        "Elements of one request tensor, checked from its shape before any data is read.",
+        "Elements of one request tensor, checked from its shape before the request is queued.",
         validator=in_range(1),
     )
     body_timeout_s: float = setting(
