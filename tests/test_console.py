@@ -8,7 +8,7 @@ work with nothing but the node.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
+from dlinfer.config import NodeConfig
 from dlinfer.testing import RunningNode, node_config, onnx_linear_model, write_model
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -157,3 +158,31 @@ def test_console_is_read_only_without_control_token(browser: WebDriver, tmp_path
         browser.find_element(By.ID, "try-submit").click()
         _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#try-result .error"))
         assert browser.find_element(By.CSS_SELECTOR, "#try-result .error").text.startswith("400: ")
+
+
+def test_console_on_a_gateway_shows_nodes_and_traffic_share(
+    browser: WebDriver, tmp_path: Path, gateway_config: Callable[[list[str]], NodeConfig]
+) -> None:
+    node_cfg = node_config(_repository(tmp_path / "models"), repository={"startup_models": ["linear"]})
+    with RunningNode(node_cfg) as node, RunningNode(gateway_config([node.url])) as gateway:
+        _open(browser, gateway)
+        _wait(browser, lambda d: _cells(d, f'#nodes-table tr[data-node="{node.url}"]'))
+        header = browser.execute_script(
+            "return [...document.querySelectorAll('#nodes-table th')].map(th => th.innerText)"
+        )
+        assert header[:2] == ["url", "healthy"] and "share" in header
+        _wait(browser, lambda d: _row(d, "linear")[2:3] == ["READY"])
+
+        # One inference through the gateway's own try-it form: the only node takes all the traffic.
+        _wait(browser, lambda d: d.find_element(By.ID, "try-body").get_property("value"))
+        browser.find_element(By.ID, "try-submit").click()
+        _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, '#try-outputs tr[data-output="probs"]'))
+
+        def node_row(d: WebDriver) -> dict[str, str]:
+            rows = _cells(d, f'#nodes-table tr[data-node="{node.url}"]')
+            return dict(zip(header, rows[0], strict=True)) if rows else {}
+
+        _wait(browser, lambda d: node_row(d).get("share") == "100.0 %")
+        assert node_row(browser)["healthy"] == "healthy" and node_row(browser)["models"] == "linear"
+        screenshot = tmp_path / "gateway-console.png"
+        assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000

@@ -4,9 +4,10 @@ described), assembled from the plugins' ``dlinfer_openapi`` hooks, printed by th
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import jsonschema
 import pytest
 import requests
 from aiohttp import web
@@ -14,6 +15,7 @@ from openapi_spec_validator import validate
 
 from dlinfer import __version__, hookimpl
 from dlinfer.cli import main
+from dlinfer.config import NodeConfig
 from dlinfer.plugins import Plugins
 from dlinfer.server.openapi import error_response, json_response, registered_routes, undescribed_routes
 from dlinfer.testing import RunningNode, node_config, onnx_linear_model, write_model
@@ -41,6 +43,15 @@ def test_served_document_is_valid_openapi_31(node: RunningNode) -> None:
         "$ref": "#/components/schemas/InferenceRequest"
     }
     assert {"200", "400", "404", "413", "429", "503", "504"} <= set(infer["responses"])
+
+
+def test_answers_of_every_installed_plugin_conform(node: RunningNode) -> None:
+    """The plugin list and the index carry what every installed plugin reports (statuses, reasons)."""
+    spec = requests.get(f"{node.url}/v2/-/openapi.json").json()
+    for method, path in (("get", "/v2/-/plugins"), ("post", "/v2/repository/index"), ("get", "/v2")):
+        schema = spec["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]
+        answer = requests.request(method, node.url + path).json()
+        jsonschema.validate(answer, {**schema, "components": spec["components"]})
 
 
 def test_every_registered_route_is_described(node: RunningNode) -> None:
@@ -113,3 +124,19 @@ def test_cli_prints_the_served_document(node: RunningNode, repo: Path, capsys: p
     validate(printed)
     served = requests.get(f"{node.url}/v2/-/openapi.json").json()
     assert printed == served
+
+
+def test_gateway_document_describes_its_routes(
+    node: RunningNode, gateway_config: Callable[[list[str]], NodeConfig]
+) -> None:
+    with RunningNode(gateway_config([node.url])) as gateway:
+        assert ("get", "/v2/-/nodes") in registered_routes(gateway.app)
+        assert undescribed_routes(gateway.app) == []
+        spec = requests.get(f"{gateway.url}/v2/-/openapi.json").json()
+        validate(spec)
+        assert "502" in spec["paths"]["/v2/models/{model}/infer"]["post"]["responses"]
+        assert spec["paths"]["/v2/-/nodes"]["post"]["security"] == [{"registrationToken": []}]
+        # The gateway's answer conforms to the schema its plugin published.
+        nodes = requests.get(f"{gateway.url}/v2/-/nodes").json()
+        jsonschema.validate(nodes, {"$ref": "#/components/schemas/GatewayNodes", "components": spec["components"]})
+        assert [n["url"] for n in nodes["nodes"]] == [node.url]

@@ -148,7 +148,11 @@ SCHEMAS: dict[str, Any] = {
             "name": {"type": "string"},
             "distribution": {"type": "string"},
             "version": {"type": "string"},
-            "status": {"type": "string", "enum": ["loaded", "disabled", "failed"]},
+            "status": {
+                "type": "string",
+                "enum": ["loaded", "unavailable", "disabled", "failed"],
+                "description": "unavailable: loaded, but cannot work on this machine (`error` says why)",
+            },
             "hooks": {"type": "array", "items": {"type": "string"}},
             "error": {"type": "string"},
         },

@@ -162,20 +162,34 @@ async function showModels() {
 
 // ----------------------------------------------------------------------------- gateway nodes
 
+// Columns shown first when a gateway reports them; any others follow as they come.
+const NODE_COLUMNS = ["url", "healthy", "ejected", "weight", "outstanding", "requests", "share", "failures", "models", "last_error"];
+
 async function showNodes() {
   if (!hasPath("/v2/-/nodes")) return;
   const r = await api("GET", "/v2/-/nodes");
   if (!r.ok) return;
-  const rows = Array.isArray(r.doc) ? r.doc : r.doc.nodes || [];
-  const cols = [...new Set(rows.flatMap((row) => Object.keys(row)))];
-  const cell = (v) => (v !== null && typeof v === "object" ? JSON.stringify(v) : v);
+  const rows = (Array.isArray(r.doc) ? r.doc : r.doc.nodes || []).map((n) => ({ ...n }));
+  // Traffic share: each node's part of the requests the gateway sent.
+  const total = rows.reduce((sum, n) => sum + (typeof n.requests === "number" ? n.requests : 0), 0);
+  if (rows.some((n) => typeof n.requests === "number")) {
+    for (const n of rows) n.share = total ? `${((100 * (n.requests || 0)) / total).toFixed(1)} %` : "–";
+  }
+  const keys = [...new Set(rows.flatMap((n) => Object.keys(n)))];
+  const known = NODE_COLUMNS.filter((c) => keys.includes(c));
+  const cols = known.length ? known : keys; // a gateway of another kind: show what it reports
+  const cell = (c, v) => {
+    if (c === "healthy") return el("td", { class: v ? "state ready" : "state unavailable" }, v ? "healthy" : "down");
+    if (c === "models" && v && typeof v === "object" && !Array.isArray(v)) return el("td", {}, Object.keys(v).join(", "));
+    return el("td", {}, v !== null && typeof v === "object" ? JSON.stringify(v) : v ?? "");
+  };
   document.getElementById("nodes-section").hidden = false;
   document.getElementById("nodes").replaceChildren(
     el(
       "table",
       { id: "nodes-table" },
-      el("thead", {}, el("tr", {}, ...cols.map((c) => el("th", {}, c)))),
-      el("tbody", {}, ...rows.map((row) => el("tr", {}, ...cols.map((c) => el("td", {}, cell(row[c])))))),
+      el("thead", {}, el("tr", {}, ...cols.map((c) => el("th", {}, c.replace("_", " "))))),
+      el("tbody", {}, ...rows.map((n) => el("tr", { "data-node": n.url ?? "" }, ...cols.map((c) => cell(c, n[c]))))),
     ),
   );
 }
