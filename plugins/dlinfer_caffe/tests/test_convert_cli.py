@@ -41,3 +41,12 @@ def test_convert_detects_the_format_and_reports_bad_models(tmp_path: Path, capsy
     assert main(["convert", str(version), "--from", "caffe", "-o", str(tmp_path / "x.onnx")]) == 2
     err = capsys.readouterr().err
     assert "layer 't' has type 'Threshold'" in err
+
+
+def test_convert_skips_opencv_where_it_differs_from_caffe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = 'name: "n"\ninput: "data"\ninput_dim: 1 input_dim: 4 input_dim: 3 input_dim: 3\n' + L(
+        "n", "LRN", "data", params="lrn_param { local_size: 3 k: 2 }"
+    )
+    write_caffe_model(tmp_path, text)
+    assert main(["convert", str(tmp_path), "--from", "caffe", "-o", str(tmp_path / "n.onnx")]) == 0
+    assert "not compared with OpenCV DNN: layer 'n': OpenCV ignores LRN's k" in capsys.readouterr().out

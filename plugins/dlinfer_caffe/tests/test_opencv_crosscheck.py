@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from dlinfer_caffe.testing import CLASSIC, L, conv, net, pool
+from dlinfer_caffe.testing import CLASSIC, L, conv, mixed, net, pool
 
 from .conftest import relative_error
 
@@ -181,35 +181,7 @@ def test_classic_architecture_matches_opencv(caffe_case, arch: str) -> None:
 
 def test_network_of_most_layer_types_matches_opencv(caffe_case) -> None:
     """One net chaining most layer types, with a batch bigger than the prototxt's."""
-    body = (
-        conv("conv1", "data", 8, 3, 1, 1)
-        + L("bn1", "BatchNorm", "conv1", "conv1")
-        + L("sc1", "Scale", "conv1", "conv1", "scale_param { bias_term: true }")
-        + L("prelu1", "PReLU", "conv1", "conv1")
-        + L("pool1", "Pooling", "conv1", params="pooling_param { pool: MAX kernel_size: 3 stride: 2 }")
-        + L("lrn1", "LRN", "pool1", params="lrn_param { local_size: 3 alpha: 0.001 beta: 0.75 }")
-        + L("split1", "Split", "lrn1", ["a", "b"])
-        + conv("conv_a", "a", 4, 1)
-        + L("tanh_a", "TanH", "conv_a", "conv_a")
-        + conv("conv_b", "b", 4, 3, 1, 1, "group: 2")
-        + L("elu_b", "ELU", "conv_b", "conv_b")
-        + L("sum", "Eltwise", ["conv_a", "conv_b"], params="eltwise_param { coeff: 1 coeff: 0.5 }")
-        + L("cat", "Concat", ["sum", "conv_a"])
-        + L("slice", "Slice", "cat", ["s1", "s2"], "slice_param { slice_point: 3 }")
-        + L("sig", "Sigmoid", "s2", "s2")
-        + L("pow", "Power", "s1", "s1", "power_param { scale: 2 shift: 0.1 }")
-        + L("up", "Deconvolution", "s2", params="convolution_param { num_output: 2 kernel_size: 2 stride: 2 }")
-        + L("crop", "Crop", ["up", "s1"], params="crop_param { axis: 2 offset: 1 }")
-        + L("pool2", "Pooling", "crop", params="pooling_param { pool: AVE kernel_size: 2 stride: 2 pad: 1 }")
-        + L("perm", "Permute", "pool2", params="permute_param { order: 0 order: 2 order: 3 order: 1 }")
-        + L("flat", "Flatten", "perm")
-        + L("drop", "Dropout", "flat", "flat")
-        + L("fc", "InnerProduct", "flat", params="inner_product_param { num_output: 10 }")
-        + L("relu", "ReLU", "fc", "fc", "relu_param { negative_slope: 0.1 }")
-        + L("resh", "Reshape", "fc", params="reshape_param { shape { dim: 0 dim: 2 dim: 5 } }")
-        + L("prob", "Softmax", "resh", params="softmax_param { axis: 2 }")
-    )
-    model = caffe_case(net("mixed", (1, 3, 12, 12), body))
+    model = caffe_case(mixed())
     types = {n.op_type for n in model.model.graph.node}
     assert {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LRN", "Split", "Slice", "Transpose"} <= types
     x = model.inputs(batch=3)

@@ -143,3 +143,27 @@ def test_transform_runs_in_the_graph(tmp_path: Path) -> None:
     blob = (bgr[:, :, 2:18, 3:19] - mean[:, 2:18, 3:19]) * 0.017
     expected = opencv_outputs(version / "deploy.prototxt", version / "model.caffemodel", {"data": blob}, ["prob"])
     assert relative_error(expected["prob"], got) <= 1e-4
+
+
+def test_served_networks_match_opencv(tmp_path: Path) -> None:
+    """The classic architectures and the many-layer net, served by one node and
+    queried with tritonclient, against OpenCV DNN on the same files."""
+    from dlinfer_caffe.testing import CLASSIC, mixed
+
+    root = tmp_path / "models"
+    nets = {**{name: make() for name, make in CLASSIC.items()}, "mixed": mixed()}
+    for seed, (name, text) in enumerate(nets.items()):
+        write_caffe_model(root / name / "1", text, seed=seed)
+    rng = np.random.default_rng(11)
+    with RunningNode(node_config(root)) as node:
+        client = httpclient.InferenceServerClient(node.url.removeprefix("http://"), network_timeout=120)
+        for name in nets:
+            meta = client.get_model_metadata(name)
+            shape = [2, *meta["inputs"][0]["shape"][1:]]
+            x = rng.standard_normal(shape).astype(np.float32)
+            inp = httpclient.InferInput("data", shape, "FP32")
+            inp.set_data_from_numpy(x, binary_data=True)
+            got = client.infer(name, [inp]).as_numpy("prob")
+            version = root / name / "1"
+            expected = opencv_outputs(version / "deploy.prototxt", version / "model.caffemodel", {"data": x}, ["prob"])
+            assert relative_error(expected["prob"].reshape(got.shape), got) <= 1e-4, name

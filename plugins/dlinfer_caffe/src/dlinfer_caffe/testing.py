@@ -53,6 +53,39 @@ def pool(name: str, bottom: str, kind: str, k: int, s: int, p: int = 0) -> str:
     return L(name, "Pooling", bottom, params=f"pooling_param {{ pool: {kind} kernel_size: {k} stride: {s} pad: {p} }}")
 
 
+def mixed() -> str:
+    """One small net chaining most supported layer types (in-place layers, Split, Slice, Crop, ...)."""
+    body = (
+        conv("conv1", "data", 8, 3, 1, 1)
+        + L("bn1", "BatchNorm", "conv1", "conv1")
+        + L("sc1", "Scale", "conv1", "conv1", "scale_param { bias_term: true }")
+        + L("prelu1", "PReLU", "conv1", "conv1")
+        + L("pool1", "Pooling", "conv1", params="pooling_param { pool: MAX kernel_size: 3 stride: 2 }")
+        + L("lrn1", "LRN", "pool1", params="lrn_param { local_size: 3 alpha: 0.001 beta: 0.75 }")
+        + L("split1", "Split", "lrn1", ["a", "b"])
+        + conv("conv_a", "a", 4, 1)
+        + L("tanh_a", "TanH", "conv_a", "conv_a")
+        + conv("conv_b", "b", 4, 3, 1, 1, "group: 2")
+        + L("elu_b", "ELU", "conv_b", "conv_b")
+        + L("sum", "Eltwise", ["conv_a", "conv_b"], params="eltwise_param { coeff: 1 coeff: 0.5 }")
+        + L("cat", "Concat", ["sum", "conv_a"])
+        + L("slice", "Slice", "cat", ["s1", "s2"], "slice_param { slice_point: 3 }")
+        + L("sig", "Sigmoid", "s2", "s2")
+        + L("pow", "Power", "s1", "s1", "power_param { scale: 2 shift: 0.1 }")
+        + L("up", "Deconvolution", "s2", params="convolution_param { num_output: 2 kernel_size: 2 stride: 2 }")
+        + L("crop", "Crop", ["up", "s1"], params="crop_param { axis: 2 offset: 1 }")
+        + L("pool2", "Pooling", "crop", params="pooling_param { pool: AVE kernel_size: 2 stride: 2 pad: 1 }")
+        + L("perm", "Permute", "pool2", params="permute_param { order: 0 order: 2 order: 3 order: 1 }")
+        + L("flat", "Flatten", "perm")
+        + L("drop", "Dropout", "flat", "flat")
+        + L("fc", "InnerProduct", "flat", params="inner_product_param { num_output: 10 }")
+        + L("relu", "ReLU", "fc", "fc", "relu_param { negative_slope: 0.1 }")
+        + L("resh", "Reshape", "fc", params="reshape_param { shape { dim: 0 dim: 2 dim: 5 } }")
+        + L("prob", "Softmax", "resh", params="softmax_param { axis: 2 }")
+    )
+    return net("mixed", (1, 3, 12, 12), body)
+
+
 # --------------------------------------------------------------------------- classic
 
 
