@@ -87,6 +87,13 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
     )
     write_model(
         root,
+        "delayed",
+        1,
+        {"model.onnx": onnx_linear_model(seed=8)},
+        config={"max_batch_size": 16, "dynamic_batching": {"preferred_batch_size": [8], "max_queue_delay_us": 50_000}},
+    )
+    write_model(
+        root,
         "ident",
         1,
         {"model.onnx": onnx_identity_model("FP32", ["batch", "n"])},
@@ -174,6 +181,18 @@ def test_mixed_batch_sizes_split_back_in_order(node: RunningNode) -> None:
         np.testing.assert_allclose(output(r, "probs"), probs, rtol=1e-5, atol=1e-6)
     assert metric(node.url, "dlinfer_inference_count_total", "linear") == 10
     assert metric(node.url, "dlinfer_inference_exec_count_total", "linear") == 1
+
+
+def test_short_batch_leaves_when_the_queue_delay_runs_out(node: RunningNode) -> None:
+    # 3 rows never reach the preferred size 8: the oldest request's delay releases them.
+    xs = [np.full((1, 4), i, dtype=np.float32) for i in range(3)]
+    with ThreadPoolExecutor(3) as pool:
+        resps = list(pool.map(lambda x: post(node.url, "delayed", body(x)), xs))
+    sess = ort.InferenceSession(onnx_linear_model(seed=8), providers=["CPUExecutionProvider"])
+    for x, r in zip(xs, resps, strict=True):
+        np.testing.assert_allclose(output(r, "probs"), sess.run(["probs"], {"x": x})[0], rtol=1e-5, atol=1e-6)
+    assert metric(node.url, "dlinfer_inference_count_total", "delayed") == 3
+    assert 1 <= metric(node.url, "dlinfer_inference_exec_count_total", "delayed") <= 3
 
 
 def test_different_non_batch_shapes_are_not_merged(node: RunningNode) -> None:

@@ -21,7 +21,6 @@ framework call itself, so the bookkeeping needs no locks.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -50,40 +49,30 @@ class Observer(Protocol):
 
 
 class InstancePool:
-    """``instance_count`` worker threads and one slot per instance.
+    """``instance_count`` worker threads running framework calls, never on the event loop.
 
-    Slots are taken on the event loop before a call starts and given back when
-    the call ends, even when the waiting request was cancelled or timed out:
-    an abandoned call still occupies its instance until the framework returns.
+    ``busy`` counts calls started and not yet returned, including calls whose
+    request was cancelled or timed out: an abandoned call still occupies its
+    instance until the framework returns. ``on_free`` is called on the event
+    loop each time a call ends, so the scheduler can start the next one.
     """
 
     def __init__(self, name: str, instance_count: int, run: Callable[[Batch], Batch]) -> None:
         self.instance_count = instance_count
         self._run = run
         self._executor = ThreadPoolExecutor(instance_count, thread_name_prefix=f"dlinfer-{name}")
-        self._slots: asyncio.Semaphore | None = None
-        #: Instances holding a slot (running, or about to run, a call).
         self.busy = 0
+        self.on_free: Callable[[], None] = lambda: None
 
     @property
-    def slots(self) -> asyncio.Semaphore:
-        # Created on first use: models are loaded in a worker thread, away from the loop.
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.instance_count)
-        return self._slots
-
-    async def acquire(self) -> None:
-        await self.slots.acquire()
-        self.busy += 1
-
-    def release(self) -> None:
-        self.busy -= 1
-        self.slots.release()
+    def free(self) -> bool:
+        return self.busy < self.instance_count
 
     def start(self, inputs: Batch) -> asyncio.Future[tuple[Batch, float]]:
-        """Run the model on ``inputs`` in a held slot; the result is (outputs, compute seconds)."""
+        """Run the model on ``inputs`` on a free instance; the result is (outputs, compute seconds)."""
+        self.busy += 1
         fut = asyncio.get_running_loop().run_in_executor(self._executor, self._timed, inputs)
-        fut.add_done_callback(self._release)
+        fut.add_done_callback(self._done)
         return fut
 
     def _timed(self, inputs: Batch) -> tuple[Batch, float]:
@@ -91,10 +80,11 @@ class InstancePool:
         outputs = self._run(inputs)
         return outputs, time.perf_counter() - t0
 
-    def _release(self, fut: asyncio.Future[Any]) -> None:
-        self.release()
+    def _done(self, fut: asyncio.Future[Any]) -> None:
+        self.busy -= 1
         if not fut.cancelled():
             fut.exception()  # retrieved here so an abandoned call does not log "never retrieved"
+        self.on_free()
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -114,10 +104,18 @@ class DirectScheduler:
     def __init__(self, name: str, run: Callable[[Batch], Batch], instance_count: int, max_queue_size: int) -> None:
         self.name = name
         self.pool = InstancePool(name, instance_count, run)
+        self.pool.on_free = self._free_slot
         self.max_queue_size = max_queue_size
         self.observers: list[Observer] = []
         #: Requests waiting for an instance.
         self.queued = 0
+        # One slot per instance, taken before a call starts and freed when it returns.
+        # Created on first use: models are loaded in a worker thread, away from the loop.
+        self._slots: asyncio.Semaphore | None = None
+
+    def _free_slot(self) -> None:
+        assert self._slots is not None
+        self._slots.release()
 
     def _refuse_if_full(self) -> None:
         if self.queued >= self.max_queue_size:
@@ -128,19 +126,21 @@ class DirectScheduler:
 
     async def submit(self, inputs: Batch, deadline: float | None = None) -> Batch:
         """Run ``inputs`` through the model; ``deadline`` is a ``time.monotonic()`` value."""
-        if self.pool.busy == self.pool.instance_count:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.pool.instance_count)
+        if self._slots.locked():
             self._refuse_if_full()
         t0 = time.perf_counter()
         self.queued += 1
         try:
             async with _deadline_timeout(deadline):
-                await self.pool.acquire()
+                await self._slots.acquire()
         except TimeoutError:
             raise DeadlineExceeded(f"model {self.name!r}: request expired while queued") from None
         finally:
             self.queued -= 1
         if deadline is not None and time.monotonic() >= deadline:
-            self.pool.release()
+            self._slots.release()
             raise DeadlineExceeded(f"model {self.name!r}: request expired while queued")
         for o in self.observers:
             o.queued(time.perf_counter() - t0)
@@ -176,7 +176,7 @@ def _rows(inputs: Batch) -> int:
 class _Queued:
     """One request waiting in a :class:`DynamicBatcher`."""
 
-    inputs: Batch
+    inputs: Batch = attrs.field(repr=False)
     rows: int
     #: Requests merge only when every input agrees on name, dtype and non-batch shape;
     #: None: this request runs alone.
@@ -184,6 +184,8 @@ class _Queued:
     future: asyncio.Future[Batch]
     arrived: float
     deadline: float | None
+    #: Still in the batcher's queue (not yet dispatched or dropped).
+    queued: bool = True
 
 
 def _merge_key(inputs: Batch) -> tuple[tuple[int, tuple[Any, ...]] | None, ...] | None:
@@ -226,9 +228,10 @@ class DynamicBatcher:
         self.delay_s = max_queue_delay_us / 1e6
         self.observers: list[Observer] = []
         self._queue: deque[_Queued] = deque()
-        self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self._closed = False
+        self.pool.on_free = self._dispatch
 
     @property
     def queued(self) -> int:
@@ -245,13 +248,9 @@ class DynamicBatcher:
                 f"(queue limit {self.max_queue_size}); retry later"
             )
         loop = asyncio.get_running_loop()
-        if self._task is None:
-            self._wake = asyncio.Event()
-            self._task = loop.create_task(self._dispatch_forever(), name=f"dlinfer-batcher-{self.name}")
-        assert self._wake is not None
         item = _Queued(inputs, _rows(inputs), _merge_key(inputs), loop.create_future(), time.monotonic(), deadline)
         self._queue.append(item)
-        self._wake.set()
+        self._dispatch()
         try:
             async with _deadline_timeout(deadline):
                 # Awaiting the future directly: cancelling this request cancels the future,
@@ -262,47 +261,56 @@ class DynamicBatcher:
         finally:
             if not item.future.done():
                 item.future.cancel()
-            with contextlib.suppress(ValueError):
-                self._queue.remove(item)  # still queued: dropped before any compute
+            if item.queued:
+                item.queued = False
+                self._queue.remove(item)  # dropped before any compute
 
     # ------------------------------------------------------------ dispatching
 
-    async def _dispatch_forever(self) -> None:
-        while True:
-            await self.pool.acquire()
-            try:
-                items = await self._next_batch()
-            except BaseException:
-                self.pool.release()
-                raise
+    def _dispatch(self) -> None:
+        """Start batches while an instance is free and a batch is due.
+
+        Called on the event loop when a request arrives, when a call ends and
+        when the oldest request's delay runs out; no task sits in between, so a
+        lone request on an idle model starts at once.
+        """
+        while self.pool.free and self._queue and not self._closed:
+            now = time.monotonic()
+            self._drop_dead(now)
+            if not self._queue:
+                return
+            items, rows, room_left = self._gather()
+            wait_until = self._queue[0].arrived + self.delay_s
+            if not (rows in self.preferred or not room_left or now >= wait_until):
+                self._wake_at(wait_until)
+                return
+            if len(items) == len(self._queue):
+                self._queue.clear()
+            else:
+                taken = set(map(id, items))
+                self._queue = deque(it for it in self._queue if id(it) not in taken)
+            for it in items:
+                it.queued = False
             try:
                 self._launch(items)
             except Exception as exc:  # inputs that cannot be stacked: fail these requests, keep serving
-                self.pool.release()
                 for it in items:
                     if not it.future.done():
                         it.future.set_exception(InferenceError(f"model {self.name!r}: cannot batch inputs: {exc}"))
 
-    async def _next_batch(self) -> list[_Queued]:
-        assert self._wake is not None
-        while True:
-            self._wake.clear()
-            now = time.monotonic()
-            self._drop_dead(now)
-            if not self._queue:
-                await self._wake.wait()
-                continue
-            items, rows, room_left = self._gather()
-            head = self._queue[0]
-            wait_until = head.arrived + self.delay_s
-            if rows in self.preferred or not room_left or now >= wait_until:
-                for it in items:
-                    self._queue.remove(it)
-                return items
-            # Wait for more requests, but not past the head's delay.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait_until - now):
-                    await self._wake.wait()
+    def _wake_at(self, when: float) -> None:
+        """Dispatch again when the oldest request has waited its ``max_queue_delay_us``."""
+        if self._timer is not None and self._timer_at <= when:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._timer_at = when
+        self._timer = loop.call_at(loop.time() + (when - time.monotonic()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._dispatch()
 
     def _drop_dead(self, now: float) -> None:
         """Remove requests that were cancelled, and fail those past their deadline."""
@@ -311,11 +319,12 @@ class DynamicBatcher:
         alive: deque[_Queued] = deque()
         for it in self._queue:
             if it.future.done():
-                continue
-            if it.deadline is not None and it.deadline <= now:
+                it.queued = False
+            elif it.deadline is not None and it.deadline <= now:
+                it.queued = False
                 it.future.set_exception(DeadlineExceeded(f"model {self.name!r}: request expired while queued"))
-                continue
-            alive.append(it)
+            else:
+                alive.append(it)
         self._queue = alive
 
     def _gather(self) -> tuple[list[_Queued], int, bool]:
@@ -382,13 +391,13 @@ class DynamicBatcher:
         """Stop the batcher; queued requests are refused."""
         self._closed = True
         for it in self._queue:
+            it.queued = False
             if not it.future.done():
                 it.future.set_exception(Unavailable(f"model {self.name!r} is being unloaded"))
         self._queue.clear()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def close(self) -> None:
         self.pool.close()
