@@ -72,6 +72,20 @@ def test_pickle_refused_even_if_only_the_model_config_opts_in(tmp_path: Path) ->
     assert [t.name for t in runner.outputs] == ["logits", "probs"]
 
 
+def test_stated_outputs_are_checked_at_load(tmp_path: Path) -> None:
+    tt.save_torchscript(tt.make(tt.TwoInTwoOut), tmp_path / "model.pt")
+    inputs = [
+        {"name": "image", "datatype": "FP32", "shape": [3, 8, 8]},
+        {"name": "extra", "datatype": "FP32", "shape": [4]},
+    ]
+    one = [{"name": "logits", "datatype": "FP32", "shape": [3]}]
+    with pytest.raises(ModelLoadError, match=r"returned 2 outputs \(output__0, output__1\) but config.toml lists 1"):
+        _loader().load(_config(max_batch_size=2, input=inputs, output=one), tmp_path)
+    wrong_type = [{"name": "a", "datatype": "FP32", "shape": [3]}, {"name": "b", "datatype": "INT64", "shape": [4]}]
+    with pytest.raises(ModelLoadError, match="output 'b' is INT64, the model gives FP32"):
+        _loader().load(_config(max_batch_size=2, input=inputs, output=wrong_type), tmp_path)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_cuda_device_refused_without_a_gpu(tmp_path: Path) -> None:
     tt.save_torchscript(tt.make(tt.TinyCNN), tmp_path / "model.pt")

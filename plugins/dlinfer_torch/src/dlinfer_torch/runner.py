@@ -80,10 +80,11 @@ class TorchRunner(Runner):
         if stated:
             self._renames = [t.name for t in stated]
             self.outputs = stated
+            self._check_stated_outputs()
         elif loaded.outputs is not None:
             self.outputs = list(loaded.outputs)
         else:
-            self.outputs = self._probe_outputs(config)
+            self.outputs = self._probe_outputs()
 
     # ----------------------------------------------------------------- specs
 
@@ -114,17 +115,35 @@ class TorchRunner(Runner):
         for t in self.inputs:
             torch_dtype(t.datatype, f"input {t.name!r}")
 
-    def _probe_outputs(self, config: ModelConfig) -> list[TensorSpec]:
-        """Learn output names, dtypes and ranks by running the model once on zeros (batch 1)."""
+    def _probe(self, why: str) -> list[tuple[str, Any]]:
+        """Run the model once on zeros (batch 1): learns or checks its outputs, and warms it up."""
+        try:
+            return self._run({t.name: _zeros(t) for t in self.inputs})
+        except Exception as exc:
+            raise ModelLoadError(f"running the model once on zeros {why} failed: {summarize(exc)}") from exc
+
+    def _check_stated_outputs(self) -> None:
+        """``[[output]]`` must match what the model returns; checked at load where input shapes allow a run."""
+        if any(-1 in t.shape[1:] for t in self.inputs):
+            return  # sizes of inner dynamic dimensions cannot be guessed
+        named = self._probe("(to check config.toml's [[output]])")
+        try:
+            renamed = self._rename(named)
+        except InferenceError as exc:
+            raise ModelLoadError(str(exc)) from None
+        by_name = dict(renamed)
+        for spec in self.outputs:
+            actual = v2_of(by_name[spec.name].dtype, f"output {spec.name!r}")
+            if actual != spec.datatype:
+                raise ModelLoadError(
+                    f"config.toml says output {spec.name!r} is {spec.datatype}, the model gives {actual}"
+                )
+
+    def _probe_outputs(self) -> list[TensorSpec]:
+        """Learn output names, dtypes and ranks from a run on zeros."""
         batching = bool(self.inputs) and all(t.shape and t.shape[0] == -1 for t in self.inputs)
         dynamic_inner = any(-1 in t.shape[1:] for t in self.inputs)
-        try:
-            named = self._run({t.name: _zeros(t) for t in self.inputs})
-        except Exception as exc:
-            raise ModelLoadError(
-                f"running the model once on zeros (to learn its outputs) failed: {summarize(exc)}; "
-                f"list its outputs in config.toml as [[output]] tables"
-            ) from exc
+        named = self._probe("(to learn its outputs; or list them in config.toml as [[output]] tables)")
         specs = []
         for name, t in named:
             dims = tuple(-1 if dynamic_inner else d for d in t.shape)
