@@ -99,7 +99,7 @@ def test_killed_node_is_ejected_then_readmitted(processes, start_gateway, helper
     gw = start_gateway(
         strategy="least_outstanding",
         nodes=[p.url for p in processes],
-        health={"interval_s": 0.2, "timeout_s": 0.5, "healthy_threshold": 2, "unhealthy_threshold": 2},
+        health={"interval_s": 0.2, "timeout_s": 2.0, "healthy_threshold": 2, "unhealthy_threshold": 2},
         outlier={"consecutive_failures": 2, "base_ejection_s": 1.0, "max_ejection_percent": 50},
     )
     helpers.wait_for(lambda: all(n["admitted"] for n in helpers.nodes_status(gw.url).values()), what="3 nodes")

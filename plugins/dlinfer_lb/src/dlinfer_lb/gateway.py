@@ -84,6 +84,7 @@ class Gateway:
             base_url=node.url,
             connector=aiohttp.TCPConnector(limit=self.settings.max_connections),
             auto_decompress=False,  # bodies pass through as the node encoded them
+            cookie_jar=aiohttp.DummyCookieJar(),  # nodes set no cookies; skip the per-request jar work
             skip_auto_headers=("User-Agent",),
         )
         self.metrics.healthy.labels(node.url).set_function(lambda: node.admitted(time.monotonic()))
