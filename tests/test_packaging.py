@@ -64,6 +64,9 @@ def test_core_alone_then_onnx_extra(wheelhouse: Path, tmp_path: Path) -> None:
     node, url = _serve(core, models, tmp_path)
     try:
         (row,) = requests.post(f"{url}/v2/repository/index", timeout=5).json()
+        # The console's static files are package data of the wheel.
+        for path, marker in (("/-/console", "<title>dlinfer console</title>"), ("/-/console/console.js", "use strict")):
+            assert marker in requests.get(url + path, timeout=5).text
     finally:
         err = _stop(node)
     assert row["state"] == "UNAVAILABLE"
