@@ -155,3 +155,22 @@ def test_addoption_and_options_reach_a_plugin(tmp_path: Path) -> None:
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert "greeting=hi" in err
+
+
+def test_unavailable_plugin_is_listed_with_its_reason() -> None:
+    class NeedsGpu:
+        @hookimpl
+        def dlinfer_unavailable(self) -> str | None:
+            return "no CUDA GPU is visible"
+
+    class Fine:
+        @hookimpl
+        def dlinfer_unavailable(self) -> str | None:
+            return None
+
+    plugins = Plugins(node_config_from_dict({}))
+    plugins.register(NeedsGpu(), "needs_gpu", "dlinfer-gpuonly")
+    plugins.register(Fine(), "fine", "dlinfer-fine")
+    status = {p.name: (p.status, p.error) for p in plugins.load(entry_points=False).list()}
+    assert status["needs_gpu"] == ("unavailable", "no CUDA GPU is visible")
+    assert status["fine"] == ("loaded", "")
