@@ -185,10 +185,13 @@ def dlinfer_trt_plugins() -> list[Any]:
 
 @hookspec
 def dlinfer_balancers() -> list[type]:
-    """Return balancing strategy classes.
+    """Return balancing strategy classes for the ``dlinfer-lb`` gateway.
 
     Each has ``name``, ``pick(model, candidates, request) -> node`` and
-    ``observe(node, outcome, latency_s)``. The gateway's config names one.
+    ``observe(node, outcome, latency_s)`` (``outcome`` is ``"success"`` or
+    ``"failure"``). The gateway makes one instance per model, passing
+    ``policy=`` (the model's routing settings) when the constructor takes it;
+    ``[plugins.lb] strategy`` or a model's own ``strategy`` names one.
     """
 
 
