@@ -16,11 +16,12 @@ from dlinfer import ConfigError, ModelLoadError
 from dlinfer.convert import Converter, ConvertOptions, ConvertResult
 
 from .reader import PROTOTXT, find_model_files, read_caffemodel, read_prototxt, weights_by_layer
-from .to_onnx import caffemodel_blobs, convert_net
 
 
 def convert_files(prototxt: Path, caffemodel: Path, *, opset: int | None = None, dynamic_batch: bool = True) -> Any:
     """Read a Caffe model's two files and convert them to an ``onnx.ModelProto``."""
+    from .to_onnx import caffemodel_blobs, convert_net
+
     net = read_prototxt(prototxt)
     weights = weights_by_layer(read_caffemodel(caffemodel))
     return convert_net(net, caffemodel_blobs(weights, caffemodel.name), opset=opset, dynamic_batch=dynamic_batch)

@@ -137,10 +137,53 @@ def blob_shape(blob: caffe_pb2.BlobProto) -> tuple[int, ...]:
     return (blob.num, blob.channels, blob.height, blob.width)
 
 
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        b = buf[i]
+        value |= (b & 0x7F) << shift
+        i += 1
+        if b < 0x80:
+            return value, i
+        shift += 7
+
+
+def _packed_values(blob: caffe_pb2.BlobProto) -> np.ndarray | None:
+    """The blob's packed ``data`` (field 5) or ``double_data`` (field 8) straight from
+    its wire bytes: protobuf's Python API yields values one Python float at a time,
+    far too slowly for the millions of weights of a real network."""
+    buf = blob.SerializeToString()
+    i, found = 0, None
+    while i < len(buf):
+        tag, i = _varint(buf, i)
+        field, wire = tag >> 3, tag & 7
+        if wire == 0:
+            _, i = _varint(buf, i)
+        elif wire == 1:
+            i += 8
+        elif wire == 5:
+            if field in (5, 8):
+                return None  # unpacked values: let protobuf decode them
+            i += 4
+        elif wire == 2:
+            size, i = _varint(buf, i)
+            if field in (5, 8):
+                dtype = "<f4" if field == 5 else "<f8"
+                part = np.frombuffer(buf, dtype, size // np.dtype(dtype).itemsize, i)
+                if field == 8 or found is None:  # double_data wins, as in Caffe
+                    found = part
+            i += size
+        else:
+            return None
+    return found.astype(np.float32) if found is not None else np.zeros(0, np.float32)
+
+
 def blob_array(blob: caffe_pb2.BlobProto, where: str) -> np.ndarray:
     """A blob's values as float32 numpy, shaped; single or double precision data."""
     shape = blob_shape(blob)
-    values = np.asarray(blob.double_data if len(blob.double_data) else blob.data, dtype=np.float32)
+    values = _packed_values(blob)
+    if values is None:
+        values = np.asarray(blob.double_data if len(blob.double_data) else blob.data, dtype=np.float32)
     count = int(np.prod(shape)) if shape else 1
     if values.size != count:
         raise ModelLoadError(f"{where}: blob of shape {list(shape)} holds {values.size} values instead of {count}")

@@ -155,23 +155,26 @@ def googlenet(div: int = 16) -> str:
 
 
 def resnet(div: int = 16) -> str:
-    """ResNet-50's stem and first bottleneck stage (projection and identity blocks)."""
+    """ResNet-50's stem, its first stage (projection and identity blocks) and the
+    first, downsampling block of stages 3-5, down to the 7x7 average pool."""
     d = div
     b = conv("conv1", "data", 64 // d, 7, 2, 3, "bias_term: false") + bn_scale_relu("conv1", "conv1")
     b += pool("pool1", "conv1", "MAX", 3, 2)
     last = "pool1"
-    for i, blk in enumerate(("2a", "2b", "2c")):
-        if i == 0:
-            b += conv(f"res{blk}_branch1", last, 256 // d, 1, 1, 0, "bias_term: false")
+    blocks = [("2a", 64, 1, True), ("2b", 64, 1, False), ("2c", 64, 1, False)]
+    blocks += [("3a", 128, 2, True), ("4a", 256, 2, True), ("5a", 512, 2, True)]
+    for blk, width, stride, project in blocks:
+        if project:
+            b += conv(f"res{blk}_branch1", last, 4 * width // d, 1, stride, 0, "bias_term: false")
             b += bn_scale_relu(f"bn{blk}_branch1", f"res{blk}_branch1", relu=False)
             short = f"res{blk}_branch1"
         else:
             short = last
-        b += conv(f"res{blk}_branch2a", last, 64 // d, 1, 1, 0, "bias_term: false")
+        b += conv(f"res{blk}_branch2a", last, width // d, 1, stride, 0, "bias_term: false")
         b += bn_scale_relu(f"bn{blk}_branch2a", f"res{blk}_branch2a")
-        b += conv(f"res{blk}_branch2b", f"res{blk}_branch2a", 64 // d, 3, 1, 1, "bias_term: false")
+        b += conv(f"res{blk}_branch2b", f"res{blk}_branch2a", width // d, 3, 1, 1, "bias_term: false")
         b += bn_scale_relu(f"bn{blk}_branch2b", f"res{blk}_branch2b")
-        b += conv(f"res{blk}_branch2c", f"res{blk}_branch2b", 256 // d, 1, 1, 0, "bias_term: false")
+        b += conv(f"res{blk}_branch2c", f"res{blk}_branch2b", 4 * width // d, 1, 1, 0, "bias_term: false")
         b += bn_scale_relu(f"bn{blk}_branch2c", f"res{blk}_branch2c", relu=False)
         b += L(f"res{blk}", "Eltwise", [short, f"res{blk}_branch2c"])
         b += L(f"res{blk}_relu", "ReLU", f"res{blk}", f"res{blk}")
