@@ -83,6 +83,27 @@ class DynamicBatching:
 
 
 @attrs.frozen
+class OptimizeTolerance:
+    """``[optimize_tolerance]``: how close an optimized variant must stay to the original model.
+
+    A variant passes when every element of each output satisfies
+    ``|a - e| <= atol + rtol * max|e|``: the relative error is taken against the
+    output's scale (its largest magnitude), because two correct f32 implementations
+    that merely sum in another order already differ by more than any elementwise
+    relative bound on values near zero. ``elementwise = true`` uses ``rtol * |e|``
+    instead (numpy.allclose). With ``top1``, every row must also keep its arg-max
+    along the last axis.
+    """
+
+    atol: float = attrs.field(default=1e-5, validator=in_range(0, kind="a number"))
+    rtol: float = attrs.field(default=1e-5, validator=in_range(0, kind="a number"))
+    #: Classifiers: also require the same top-1 class for every sample row.
+    top1: bool = False
+    #: Relative error per element (``rtol * |e|``) instead of against the output's scale.
+    elementwise: bool = False
+
+
+@attrs.frozen
 class ModelConfig:
     """A model's ``config.toml``. Every key is optional: loaders read what they
     can from the model file itself."""

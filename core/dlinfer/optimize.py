@@ -37,7 +37,7 @@ log = logging.getLogger("dlinfer.optimize")
 SAMPLE_COUNT = 3
 SAMPLE_BATCH = 2
 #: Keys of ``[optimize_options.<name>]`` that set the gate rather than the optimizer.
-TOLERANCE_KEYS = ("atol", "rtol", "top1")
+TOLERANCE_KEYS = ("atol", "rtol", "top1", "elementwise")
 
 
 @attrs.define
@@ -207,19 +207,42 @@ def check(
     samples: list[dict[str, np.ndarray]],
     tolerance: OptimizeTolerance,
 ) -> Comparison:
-    """Run ``runner`` on the samples and compare with the reference outputs (worst case over samples)."""
+    """Run ``runner`` on the samples and compare with the reference outputs (worst case over samples).
+
+    ``max_rel_error`` is against each output's scale unless ``tolerance.elementwise``
+    (see :class:`~dlinfer.model.OptimizeTolerance`).
+    """
     max_abs = max_rel = 0.0
     worst = ""
     ok = True
     for sample, expected in zip(samples, reference, strict=True):
         actual = runner.predict(sample)
-        c = compare_outputs(expected, actual, atol=tolerance.atol, rtol=tolerance.rtol)
-        ok &= c.ok and (not tolerance.top1 or top1_agrees(expected, actual))
-        if c.max_abs_error >= max_abs:
-            worst = c.worst_output
-        max_abs = max(max_abs, c.max_abs_error)
-        max_rel = max(max_rel, c.max_rel_error)
+        if tolerance.elementwise:
+            comparisons = [compare_outputs(expected, actual, atol=tolerance.atol, rtol=tolerance.rtol)]
+        else:
+            comparisons = _scaled(expected, actual, tolerance)
+        ok &= all(c.ok for c in comparisons) and (not tolerance.top1 or top1_agrees(expected, actual))
+        for c in comparisons:
+            if c.max_abs_error >= max_abs:
+                worst = c.worst_output
+            max_abs = max(max_abs, c.max_abs_error)
+            max_rel = max(max_rel, c.max_rel_error)
     return Comparison(max_abs, max_rel, worst, ok)
+
+
+def _scaled(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], tol: OptimizeTolerance) -> list:
+    """One comparison per output with ``|a - e| <= atol + rtol * max|e|``; rel error against ``max|e|``."""
+    if len(expected) != len(actual):
+        raise ValueError(f"outputs differ: expected {sorted(expected)}, got {sorted(actual)}")
+    by_name = set(expected) == set(actual)
+    out = []
+    for i, (name, e) in enumerate(expected.items()):
+        a = actual[name] if by_name else list(actual.values())[i]
+        e = np.asarray(e)
+        scale = float(np.abs(e).max()) if e.size and e.dtype.kind in "fiub" else 0.0
+        c = compare_outputs({name: e}, {name: a}, atol=tol.atol + tol.rtol * scale, rtol=0.0)
+        out.append(attrs.evolve(c, max_rel_error=c.max_abs_error / scale if scale else c.max_abs_error))
+    return out
 
 
 def _same_tensors(before: Runner, after: Runner) -> str:

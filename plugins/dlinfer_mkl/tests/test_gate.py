@@ -11,8 +11,9 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from dlinfer import ModelConfig, ModelLoadError, Runner, hookimpl
-from dlinfer.optimize import OptimizeContext, Optimizer, run_pipeline
+from dlinfer import ModelConfig, ModelLoadError, Runner, TensorSpec, hookimpl
+from dlinfer.model import OptimizeTolerance
+from dlinfer.optimize import OptimizeContext, Optimizer, check, run_pipeline
 from dlinfer.plugins import Plugins
 from dlinfer.server.app import REPOSITORY
 from dlinfer.testing import V2Error, node_config, write_model
@@ -145,3 +146,28 @@ def test_samples_folder_feeds_the_gate(dlinfer_server, dlinfer_repository: Path,
     np.savez(samples / "b.npz", y=X)  # a sample without the model's input: the load says why
     with pytest.raises(ModelLoadError, match=r"b\.npz lacks inputs"):
         node.call(lambda: node.app[REPOSITORY].load("conv"))
+
+
+class Fixed(Runner):
+    """Returns the same outputs whatever the input: the gate's arithmetic in isolation."""
+
+    inputs = [TensorSpec("x", "FP32", (-1, 2))]
+    outputs = [TensorSpec("y", "FP32", (-1, 2))]
+
+    def __init__(self, y: list[float]) -> None:
+        self.y = np.array([y], dtype=np.float32)
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"y": self.y}
+
+
+def test_relative_error_is_against_the_output_scale_unless_elementwise() -> None:
+    reference = [{"y": np.array([[100.0, 0.001]], dtype=np.float32)}]
+    samples = [{"x": np.zeros((1, 2), np.float32)}]
+    close = Fixed([100.0001, 0.0011])  # off by 1e-4: a rounding difference at this scale
+    scaled = check(reference, close, samples, OptimizeTolerance())
+    assert scaled.ok and scaled.max_rel_error == pytest.approx(1e-6, rel=0.2)
+    assert not check(reference, close, samples, OptimizeTolerance(elementwise=True)).ok
+    assert not check(reference, Fixed([100.01, 0.001]), samples, OptimizeTolerance()).ok
+    # top-1 flips are caught even inside a loose tolerance
+    assert not check(reference, Fixed([0.0, 0.002]), samples, OptimizeTolerance(rtol=1.0, top1=True)).ok
