@@ -124,7 +124,18 @@ class ModelConfig:
     timeout_ms: int = attrs.field(default=0, validator=in_range(0))
     max_queue_size: int | None = attrs.field(default=None, validator=in_range(1))
     dynamic_batching: DynamicBatching | None = None
+    #: Optimizers (``dlinfer_optimizers``) applied in order after loading; each step is
+    #: checked against the original model on sample inputs and dropped if it drifts.
     optimize: tuple[str, ...] = ()
+    #: The numerics gate of the ``optimize`` pipeline (f32 default: 1e-5 absolute plus 1e-5 of
+    #: each output's scale).
+    optimize_tolerance: OptimizeTolerance = OptimizeTolerance()
+    #: ``[optimize_options.<optimizer>]`` tables: each optimizer's own settings; ``atol``,
+    #: ``rtol``, ``top1`` and ``elementwise`` there override ``optimize_tolerance`` for that step.
+    optimize_options: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    #: Folder (inside the model's folder) of ``*.npz`` sample inputs for the gate and for
+    #: calibration; empty: random inputs generated from the model's input specs.
+    optimize_samples: str = ""
     preprocess: tuple[str, ...] = ()
     postprocess: tuple[str, ...] = ()
     #: Let the loader unpickle files. Needs repository.allow_pickle in node.toml too.
