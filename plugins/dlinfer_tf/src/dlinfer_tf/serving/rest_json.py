@@ -72,12 +72,11 @@ def to_array(spec: TensorSpec, data: Any) -> np.ndarray:
     where = f"input {spec.name!r}"
     if spec.datatype == "BYTES":
         nested = _bytes_nested(data, where)
-        arr = np.empty(0, dtype=object)
         try:
             arr = np.array(nested, dtype=object)
         except ValueError:
-            pass
-        if not all(isinstance(v, bytes) for v in arr.reshape(-1)) or (arr.size == 0 and nested):
+            arr = None
+        if arr is None or not all(isinstance(v, bytes) for v in arr.reshape(-1)):
             raise InvalidInput(f"{where}: the values do not form a regular (rectangular) array")
         return arr
     try:
@@ -85,7 +84,8 @@ def to_array(spec: TensorSpec, data: Any) -> np.ndarray:
     except ValueError:
         raise InvalidInput(f"{where}: the values do not form a regular (rectangular) array") from None
     if probe.dtype.kind not in "biuf":
-        raise InvalidInput(f"{where}: {spec.datatype} tensor needs numbers, got {probe.dtype.kind!r}-kind values")
+        got = "strings" if probe.dtype.kind == "U" else "values that are not all numbers"
+        raise InvalidInput(f"{where}: a {spec.datatype} tensor needs numbers, got {got}")
     # The parsed array goes in (not the lists): the strict dtype checks run without a second pass.
     return tensor_from_json(spec.name, spec.datatype, list(probe.shape), probe)
 
