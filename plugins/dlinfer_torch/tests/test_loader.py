@@ -62,6 +62,29 @@ def test_state_dict_of_another_architecture_is_refused(tmp_path: Path) -> None:
         _loader().load(cfg, tmp_path)
 
 
+def test_model_class_from_inside_the_repository_is_not_imported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = tmp_path / "models"
+    vdir = repo / "net" / "1"
+    vdir.mkdir(parents=True)
+    tt.save_state_dict(tt.make(tt.DictOut), vdir / "model.pt")
+    marker = tmp_path / "ran"
+    (repo / "sneaky_models.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nfrom dlinfer_torch.testing import DictOut\n"
+    )
+    monkeypatch.syspath_prepend(str(repo))  # e.g. a server started from inside the repository
+    loader = TorchLoader(node_config_from_dict({"repository": {"path": str(repo)}}))
+    cfg = _config(
+        max_batch_size=2,
+        input=[{"name": "x", "datatype": "FP32", "shape": [6]}],
+        parameters={"model_class": "sneaky_models:DictOut"},
+    )
+    with pytest.raises(ModelLoadError, match="would import code from the model repository"):
+        loader.load(cfg, vdir)
+    assert not marker.exists()
+
+
 def test_pickle_refused_even_if_only_the_model_config_opts_in(tmp_path: Path) -> None:
     # The repository refuses such a config before any loader runs; the loader does not rely on it.
     tt.save_pickled(tt.make(tt.DictOut), tmp_path / "model.pt")

@@ -53,7 +53,7 @@ class TorchLoader(Loader):
         f = model_file(path, config, fmt)
         device = resolve_device(config.device)
         self.apply_threads(config)
-        loaded = load_module(fmt, f, config, device, self.allow_pickle(config))
+        loaded = load_module(fmt, f, config, device, self.allow_pickle(config), self.node_config.repository_path)
         return TorchRunner(loaded, config, device)
 
     def apply_threads(self, config: ModelConfig) -> None:

@@ -17,6 +17,7 @@ Formats, and why each is (or is not) safe to load from a model repository:
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pickle
 import re
 import zipfile
@@ -128,8 +129,13 @@ class LoadedModule:
     output_names: tuple[str, ...] | None = None
 
 
-def load_module(fmt: str, f: Path, config: ModelConfig, device: Any, allow_pickle: bool) -> LoadedModule:
-    """Read ``f`` as ``fmt`` onto ``device``; every failure is a :class:`ModelLoadError` with the reason."""
+def load_module(
+    fmt: str, f: Path, config: ModelConfig, device: Any, allow_pickle: bool, repository: Path | None = None
+) -> LoadedModule:
+    """Read ``f`` as ``fmt`` onto ``device``; every failure is a :class:`ModelLoadError` with the reason.
+
+    ``repository``: the model repository, from which ``parameters.model_class`` may not import code.
+    """
     if fmt not in FORMATS:
         raise ModelLoadError(f"format {fmt!r} is not a torch format ({', '.join(FORMATS)})")
     check_archive(f)
@@ -138,7 +144,7 @@ def load_module(fmt: str, f: Path, config: ModelConfig, device: Any, allow_pickl
             return LoadedModule(_load_torchscript(f, device), fmt)
         if fmt == "torch_export":
             return _load_exported(f, device)
-        return LoadedModule(_load_saved(fmt, f, config, device, allow_pickle), fmt)
+        return LoadedModule(_load_saved(fmt, f, config, device, allow_pickle, repository), fmt)
     except ModelLoadError:
         raise
     except Exception as exc:  # torch raises RuntimeError/ValueError/EOFError... for bad files
@@ -224,7 +230,9 @@ def _output_names(spec: Any, count: int) -> tuple[str, ...]:
     return tuple(f"output__{i}" for i in range(count))
 
 
-def _load_saved(fmt: str, f: Path, config: ModelConfig, device: Any, allow_pickle: bool) -> Any:
+def _load_saved(
+    fmt: str, f: Path, config: ModelConfig, device: Any, allow_pickle: bool, repository: Path | None
+) -> Any:
     """``torch.save`` files: a state_dict (weights only) or, when allowed, a pickled module."""
     import torch
 
@@ -240,10 +248,12 @@ def _load_saved(fmt: str, f: Path, config: ModelConfig, device: Any, allow_pickl
         return obj.to(device).eval()
     if not isinstance(obj, Mapping):
         raise ModelLoadError(f"{f.name} holds a {type(obj).__name__}, neither a state_dict nor a module")
-    return _module_from_state_dict(obj, f, config, device)
+    return _module_from_state_dict(obj, f, config, device, repository)
 
 
-def _module_from_state_dict(state: Mapping[str, Any], f: Path, config: ModelConfig, device: Any) -> Any:
+def _module_from_state_dict(
+    state: Mapping[str, Any], f: Path, config: ModelConfig, device: Any, repository: Path | None
+) -> Any:
     import torch
 
     params = config.parameters
@@ -252,7 +262,7 @@ def _module_from_state_dict(state: Mapping[str, Any], f: Path, config: ModelConf
         if key not in state or not isinstance(state[key], Mapping):
             raise ModelLoadError(f"{f.name}: parameters.state_dict_key {key!r} names no state_dict in the file")
         state = state[key]
-    cls = import_model_class(params.get("model_class"), f)
+    cls = import_model_class(params.get("model_class"), f, repository)
     kwargs = params.get("init_kwargs", {})
     if not isinstance(kwargs, Mapping):
         raise ModelLoadError(f"parameters.init_kwargs must be a table, got {kwargs!r}")
@@ -271,8 +281,12 @@ def _module_from_state_dict(state: Mapping[str, Any], f: Path, config: ModelConf
     return module.to(device).eval()
 
 
-def import_model_class(spec: Any, f: Path) -> type:
-    """The class named ``module:Class`` (importable on the server, e.g. an installed package)."""
+def import_model_class(spec: Any, f: Path, repository: Path | None = None) -> type:
+    """The class named ``module:Class`` (importable on the server, e.g. an installed package).
+
+    Code inside the model repository is refused before it is imported: writing model files
+    must not be enough to run code on the server (as with pickles).
+    """
     if spec is None:
         raise ModelLoadError(
             f"{f.name} is a state_dict (weights only); set parameters.model_class = 'package.module:Class' "
@@ -281,6 +295,8 @@ def import_model_class(spec: Any, f: Path) -> type:
     if not isinstance(spec, str) or not _CLASS_RE.match(spec):
         raise ModelLoadError(f"parameters.model_class must look like 'package.module:Class', got {spec!r}")
     mod_name, _, qual = spec.partition(":")
+    if repository is not None:
+        _refuse_repository_code(mod_name, spec, repository)
     try:
         obj: Any = importlib.import_module(mod_name)
         for part in qual.split("."):
@@ -290,3 +306,22 @@ def import_model_class(spec: Any, f: Path) -> type:
     if not isinstance(obj, type):
         raise ModelLoadError(f"parameters.model_class {spec!r} is not a class")
     return obj
+
+
+def _refuse_repository_code(mod_name: str, spec: str, repository: Path) -> None:
+    top = mod_name.split(".")[0]
+    try:
+        found = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return  # the import below reports it
+    if found is None:
+        return
+    places = [found.origin] if found.origin else []
+    places += list(found.submodule_search_locations or [])
+    root = repository.resolve()
+    for place in places:
+        if place and Path(place).resolve().is_relative_to(root):
+            raise ModelLoadError(
+                f"parameters.model_class {spec!r} would import code from the model repository; "
+                "install the model's code as a package on the server instead"
+            )
