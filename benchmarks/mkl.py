@@ -1,0 +1,245 @@
+"""dlinfer-mkl: the fastest validated CPU variant vs. the framework's eager baseline, through the server.
+
+    python benchmarks/mkl.py [--seconds 5] [--models resnet50_torch,resnet50_keras,mobilenetv2_torch,widedeep_torch]
+
+For each model (random weights, nothing downloaded): ``dlinfer-core optimize`` tries the
+full-precision variants in process and records the fastest one that passes the f32 gate
+(1e-5 abs + 1e-5 rel against the model as loaded). Then one server serves, side by side,
+the model as loaded (eager torch / Keras through dlinfer-tf), the recorded variant and,
+for the CNNs, the opt-in bf16 variant (OpenVINO at bf16). Requests go one at a time
+over HTTP with binary tensors (tritonclient) at batch 1 and 8. Prints images/s, speed-up
+over the baseline, the server's CPU-ms per image (steadier than throughput on a shared
+machine) and the largest difference from the baseline's outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+BATCHES = (1, 8)
+MODELS = ("resnet50_torch", "resnet50_keras", "mobilenetv2_torch", "widedeep_torch")
+IMAGE = {"max_batch_size": 8, "output": [{"name": "logits", "datatype": "FP32", "shape": [1000]}]}
+
+
+def write_models(repo: Path, names: list[str]) -> None:
+    """Each benchmark model as the server would find it in a repository."""
+    import tomli_w
+
+    for name in names:
+        vdir = repo / name / "1"
+        vdir.mkdir(parents=True)
+        config: dict[str, Any]
+        if name == "resnet50_keras":
+            import keras
+
+            keras.utils.set_random_seed(0)
+            keras.applications.ResNet50(weights=None).save(vdir / "model.keras")
+            config = {"max_batch_size": 8}
+        else:
+            import torch
+            from mkl_models import MobileNetV2, ResNet50, WideDeep, randomized
+
+            cls = {"resnet50_torch": ResNet50, "mobilenetv2_torch": MobileNetV2, "widedeep_torch": WideDeep}[name]
+            torch.save(randomized(cls).state_dict(), vdir / "model.pt")
+            config = {"format": "pytorch_state_dict", "parameters": {"model_class": f"mkl_models:{cls.__name__}"}}
+            if cls is WideDeep:
+                config["max_batch_size"] = 8
+                config["input"] = [
+                    {"name": "dense", "datatype": "FP32", "shape": [WideDeep.DENSE]},
+                    {"name": "sparse", "datatype": "INT64", "shape": [WideDeep.SPARSE]},
+                ]
+                config["output"] = [{"name": "ctr", "datatype": "FP32", "shape": [1]}]
+            else:
+                config.update(IMAGE, input=[{"name": "image", "datatype": "FP32", "shape": [3, 224, 224]}])
+        (repo / name / "config.toml").write_text(tomli_w.dumps(config))
+
+
+def autotune(repo: Path, name: str, seconds: float, env: dict[str, str]) -> tuple[list[str], str]:
+    """Run ``dlinfer-core optimize``; returns the recorded pipeline and the printed table."""
+    import tomllib
+
+    cmd = [sys.executable, "-m", "dlinfer.cli", "optimize", name, "--model-repository", str(repo)]
+    done = subprocess.run(
+        [*cmd, "--min-seconds", str(seconds), "--log-level", "warning"], env=env, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"optimize {name} failed:\n{done.stderr[-3000:]}")
+    pipeline = tomllib.loads((repo / name / "config.toml").read_text()).get("optimize", [])
+    return list(pipeline), done.stdout
+
+
+def add_variant(repo: Path, name: str, variant: str, pipeline: list[str]) -> str:
+    """A copy of model ``name`` with another ``optimize`` list (the files are hard links)."""
+    import tomllib
+
+    import tomli_w
+
+    target = f"{name}__{variant}"
+    shutil.copytree(repo / name / "1", repo / target / "1", copy_function=os.link)
+    config = tomllib.loads((repo / name / "config.toml").read_text())
+    config["optimize"] = pipeline
+    (repo / target / "config.toml").write_text(tomli_w.dumps(config))
+    return target
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(fn: Any, seconds: float) -> tuple[float, float, int]:
+    """(median latency s, calls/s, calls) of ``fn`` back to back for ``seconds`` after one warm-up."""
+    fn()
+    lat = []
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds or len(lat) < 3:
+        t = time.perf_counter()
+        fn()
+        lat.append(time.perf_counter() - t)
+    return float(np.median(lat)), len(lat) / (time.perf_counter() - t0), len(lat)
+
+
+def inputs_for(meta: dict[str, Any], batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    from dlinfer.datatypes import numpy_dtype
+
+    out = {}
+    for t in meta["inputs"]:
+        shape = [batch, *(int(d) for d in t["shape"][1:])]
+        dtype = numpy_dtype(t["datatype"])
+        if dtype.kind == "f":
+            out[t["name"]] = rng.standard_normal(shape).astype(dtype)
+        else:  # categorical ids: any row of the embedding tables
+            out[t["name"]] = rng.integers(0, 1000, shape).astype(dtype)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="measuring time per variant and batch size")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="node threads.intra_op")
+    args = parser.parse_args()
+    names = [n for n in args.models.split(",") if n]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    sys.path.insert(0, str(HERE))
+    import tritonclient.http as httpclient
+
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp) / "models"
+        write_models(repo, names)
+        plans: dict[str, list[tuple[str, list[str]]]] = {}
+        for name in names:
+            print(f"autotuning {name} ...", file=sys.stderr, flush=True)
+            best, table = autotune(repo, name, args.seconds / 2, env)
+            print(f"\n`dlinfer-core optimize {name}` (in process):\n\n```\n{table.strip()}\n```\n", flush=True)
+            plans[name] = [("eager", []), ("best", best)]
+            if name != "widedeep_torch":
+                plans[name].append(("bf16", ["openvino", "bf16"]))
+            for variant, pipeline in plans[name]:
+                add_variant(repo, name, variant, pipeline)
+            shutil.rmtree(repo / name)
+        node = Path(tmp) / "node.toml"
+        node.write_text(f'[repository]\npath = "models"\n[threads]\nintra_op = {args.threads}\n')
+        port = free_port()
+        cmd = [sys.executable, "-m", "dlinfer.cli", "--config", str(node), "--port", str(port)]
+        log = open(Path(tmp) / "server.log", "w+")
+        server = subprocess.Popen([*cmd, "--grpc-port", str(free_port())], env=env, stderr=log, stdout=log)
+        rows = []
+        try:
+            client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=300)
+            wanted = [f"{n}__{v}" for n in names for v, _ in plans[n]]
+            deadline = time.monotonic() + 1200
+            while not all(_ready(client, m) for m in wanted):
+                if time.monotonic() > deadline or server.poll() is not None:
+                    log.seek(0)
+                    raise SystemExit(f"server did not get ready:\n{log.read()[-4000:]}")
+                time.sleep(1)
+            rng = np.random.default_rng(0)
+            for name in names:
+                meta = client.get_model_metadata(f"{name}__eager")
+                out_name = meta["outputs"][0]["name"]
+                for b in BATCHES:
+                    feed = inputs_for(meta, b, rng)
+                    reqs = []
+                    for k, arr in feed.items():
+                        inp = httpclient.InferInput(k, list(arr.shape), meta_type(meta, k))
+                        inp.set_data_from_numpy(arr, binary_data=True)
+                        reqs.append(inp)
+                    outs = [httpclient.InferRequestedOutput(out_name, binary_data=True)]
+                    base = None
+                    for variant, pipeline in plans[name]:
+                        model = f"{name}__{variant}"
+                        got = client.infer(model, reqs, outputs=outs).as_numpy(out_name)
+                        base = got if base is None else base
+                        diff = np.abs(got.astype(np.float64) - base)
+                        cpu0 = cpu_seconds(server.pid)
+                        lat, per_s, calls = measure(lambda m=model, r=reqs, o=outs: client.infer(m, r, outputs=o), args.seconds)
+                        cpu_ms = (cpu_seconds(server.pid) - cpu0) * 1e3 / ((calls + 1) * b)
+                        rows.append(
+                            (name, variant, "+".join(pipeline) or "-", b, lat * 1e3, per_s * b, cpu_ms, diff.max(),
+                             diff.max() / np.abs(base).max())
+                        )  # fmt: skip
+                        print(f"{model} b{b}: {lat * 1e3:.1f} ms, {per_s * b:.1f} img/s", file=sys.stderr, flush=True)
+        finally:
+            server.terminate()
+            server.wait(60)
+    _report(rows, args)
+
+
+def meta_type(meta: dict[str, Any], name: str) -> str:
+    return next(t["datatype"] for t in meta["inputs"] if t["name"] == name)
+
+
+def _ready(client: Any, model: str) -> bool:
+    try:
+        return bool(client.is_model_ready(model))
+    except Exception:
+        return False
+
+
+def _report(rows: list[tuple], args: argparse.Namespace) -> None:
+    import onnxruntime
+    import openvino
+    import torch
+
+    print(
+        f"\n{os.cpu_count()} CPUs, node threads.intra_op = {args.threads}, torch {torch.__version__}, "
+        f"onnxruntime {onnxruntime.__version__}, openvino {openvino.__version__}; sequential requests, "
+        f"{args.seconds:g} s per cell\n"
+    )
+    print(
+        "| model | variant | pipeline | batch | latency ms | images/s | speed-up | server CPU-ms/image "
+        "| max abs diff | max diff / output scale |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    base: dict[tuple[str, int], float] = {}
+    for name, variant, pipeline, b, lat, ips, cpu, abs_err, rel_err in rows:
+        base.setdefault((name, b), ips)
+        print(
+            f"| {name} | {variant} | {pipeline} | {b} | {lat:.1f} | {ips:.1f} | {ips / base[(name, b)]:.2f}x "
+            f"| {cpu:.1f} | {abs_err:.1e} | {rel_err:.1e} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
