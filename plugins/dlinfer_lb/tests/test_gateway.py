@@ -93,3 +93,35 @@ def test_large_answers_are_streamed_through(cluster, start_gateway) -> None:
     result = client.infer("identity", [inp], outputs=[triton.InferRequestedOutput("y", binary_data=True)])
     np.testing.assert_array_equal(result.as_numpy("y"), x)
     client.close()
+
+
+def test_grpc_clients_cannot_tell_gateway_from_node(cluster, start_gateway) -> None:
+    import tritonclient.grpc as tgrpc
+
+    nodes = [{"url": n.url, "grpc": f"127.0.0.1:{n.config.server.grpc_port}"} for n in cluster.nodes]
+    gw = start_gateway(strategy="swrr", nodes=nodes)
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    seen = {}
+    for name, target in (("node", nodes[0]["grpc"]), ("gateway", f"127.0.0.1:{gw.config.server.grpc_port}")):
+        client = tgrpc.InferenceServerClient(target)
+        assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("linear")
+        assert client.get_model_metadata("linear").inputs[0].name == "x"
+        index = client.get_model_repository_index()
+        assert {(m.name, m.state) for m in index.models} >= {("linear", "READY"), ("only12", "READY")}
+        inp = tgrpc.InferInput("x", [1, 4], "FP32")
+        inp.set_data_from_numpy(x)
+        before = cluster.counts("linear")
+        seen[name] = [client.infer("linear", [inp]).as_numpy("probs") for _ in range(30)]
+        seen[name + "-spread"] = [a - b for a, b in zip(cluster.counts("linear"), before, strict=True)]
+        bad = tgrpc.InferInput("x", [1, 5], "FP32")
+        bad.set_data_from_numpy(np.zeros((1, 5), np.float32))
+        for model, inputs in (("linear", [bad]), ("nowhere", [inp])):
+            try:
+                client.infer(model, inputs)
+            except InferenceServerException as exc:
+                seen.setdefault(name + "-errors", []).append(exc.status())
+        client.close()
+    np.testing.assert_array_equal(seen["node"][0], seen["gateway"][0])
+    assert seen["gateway-spread"] == [10, 10, 10]  # swrr 1:1:1 over gRPC too
+    assert seen["gateway-errors"][0] == seen["node-errors"][0] == "StatusCode.INVALID_ARGUMENT"
+    assert seen["gateway-errors"][1] == "StatusCode.NOT_FOUND"

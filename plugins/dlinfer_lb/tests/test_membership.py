@@ -92,7 +92,8 @@ def test_node_registers_itself_with_heartbeats(start_gateway, helpers, tmp_path)
             lambda: helpers.nodes_status(gw.url).get(node.url, {}).get("admitted") is True,
             what="the node to register and be admitted",
         )
-        assert helpers.nodes_status(gw.url)[node.url]["weight"] == 3
+        status = helpers.nodes_status(gw.url)[node.url]
+        assert status["weight"] == 3 and status["grpc"] == f"127.0.0.1:{config.server.grpc_port}"
         assert helpers.send(gw.url, "linear", 10).count(200) == 10
     # Shutting down deregisters at once, not after the TTL.
     assert helpers.nodes_status(gw.url) == {}

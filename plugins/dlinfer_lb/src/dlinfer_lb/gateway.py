@@ -35,7 +35,16 @@ from .health import ActiveChecker, OutlierDetector
 from .membership import Membership, Node
 from .metrics import GatewayMetrics
 from .proxy import Proxy, RetryBudget, Route
-from .settings import PREFIX, LbSettings, NodeEntry, RoutePolicy, check_url, node_file_path, policy_for
+from .settings import (
+    PREFIX,
+    LbSettings,
+    NodeEntry,
+    RoutePolicy,
+    check_target,
+    check_url,
+    node_file_path,
+    policy_for,
+)
 
 log = logging.getLogger("dlinfer.lb")
 
@@ -60,6 +69,7 @@ class Gateway:
         )
         self._routes: dict[str, Route] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._channels: dict[str, tuple[str, Any]] = {}  # url -> (grpc target, grpc.aio channel)
 
     def _check_strategies(self) -> None:
         choices = ", ".join(sorted(self.strategies))
@@ -93,7 +103,23 @@ class Gateway:
 
     def _closed(self, node: Node) -> None:
         self.metrics.forget(node.url)
-        self._spawn(_close_when_idle(node))
+        channel = self._channels.pop(node.url, None)
+        self._spawn(_close_when_idle(node, channel[1] if channel else None))
+
+    def grpc_channel(self, node: Node) -> Any:
+        """The node's pooled gRPC channel, opened on first use."""
+        held = self._channels.get(node.url)
+        if held is not None and held[0] == node.grpc:
+            return held[1]
+        import grpc
+
+        limit = self.config.limits.max_body_bytes
+        options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+        channel = grpc.aio.insecure_channel(node.grpc, options=options)
+        if held is not None:
+            self._spawn(held[1].close())
+        self._channels[node.url] = (node.grpc, channel)
+        return channel
 
     def _ejected(self, node: Node) -> None:
         self.metrics.ejections.labels(node.url).inc()
@@ -127,6 +153,8 @@ class Gateway:
         for node in list(self.membership.nodes.values()):
             if node.session is not None:
                 await node.session.close()
+        for _, channel in self._channels.values():
+            await channel.close()
 
     def ready(self) -> bool:
         now = time.monotonic()
@@ -155,11 +183,15 @@ class Gateway:
 
     async def control(self, request: web.Request, action: str, model: str) -> web.Response:
         """Load or unload a model on every healthy node; the first failure is returned with its node."""
+        headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "content-type")}
+        status, error = await self.control_nodes(action, model, headers, await request.read())
+        return json_response({} if status == 200 else {"error": error}, status)
+
+    async def control_nodes(self, action: str, model: str, headers: dict[str, str], body: bytes) -> tuple[int, str]:
+        """Send a load/unload to every healthy node: (200, "") or the first failure's status and reason."""
         nodes = [n for n in self.membership.nodes.values() if n.healthy and n.session is not None]
         if not nodes:
             raise Unavailable("no healthy node to send the model control request to")
-        headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "content-type")}
-        body = await request.read()
 
         async def one(node: Node) -> tuple[Node, int, bytes]:
             assert node.session is not None
@@ -179,8 +211,8 @@ class Gateway:
                     reason = orjson.loads(content).get("error", "")
                 except (orjson.JSONDecodeError, AttributeError):
                     reason = content[:200].decode("utf-8", "replace")
-                return json_response({"error": f"node {node.url}: {reason}"}, status)
-        return json_response({})
+                return status, f"node {node.url}: {reason}"
+        return 200, ""
 
 
 def make_strategy(cls: type, policy: RoutePolicy) -> Any:
@@ -195,13 +227,15 @@ def make_strategy(cls: type, policy: RoutePolicy) -> Any:
     return cls()
 
 
-async def _close_when_idle(node: Node, grace_s: float = 30.0) -> None:
-    """Close a removed node's pool once its in-flight requests finished."""
+async def _close_when_idle(node: Node, channel: Any = None, grace_s: float = 30.0) -> None:
+    """Close a removed node's pools once its in-flight requests finished."""
     until = time.monotonic() + grace_s
     while node.outstanding and time.monotonic() < until:
         await asyncio.sleep(0.05)
     if node.session is not None:
         await node.session.close()
+    if channel is not None:
+        await channel.close()
 
 
 GATEWAY = web.AppKey("lb_gateway", Gateway)
@@ -328,8 +362,8 @@ async def register_node(request: web.Request) -> web.Response:
         doc = orjson.loads(await request.read())
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"malformed JSON: {exc}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("url"), str):
-        raise InvalidInput('expected {"url": "http://host:port", "weight": 1, "ttl_s": 15}')
+    if not isinstance(doc, dict) or not isinstance(doc.get("url"), str) or not isinstance(doc.get("grpc", ""), str):
+        raise InvalidInput('expected {"url": "http://host:port", "grpc": "host:port", "weight": 1, "ttl_s": 15}')
     weight, ttl_s = doc.get("weight", 1), doc.get("ttl_s", 15)
     if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= 10_000:
         raise InvalidInput("'weight' must be an integer from 1 to 10000")
@@ -337,9 +371,10 @@ async def register_node(request: web.Request) -> web.Response:
         raise InvalidInput("'ttl_s' must be a number of seconds from 0 to 3600")
     try:
         url = check_url(doc["url"], "url")
+        target = check_target(doc["grpc"], "grpc") if doc.get("grpc") else ""
     except ConfigError as exc:
         raise InvalidInput(exc.message) from None
-    node = gw.membership.register(NodeEntry(url, weight), float(ttl_s))
+    node = gw.membership.register(NodeEntry(url, weight, target), float(ttl_s))
     if node is None:
         return json_response({"url": url, "registered": False})
     if not node.healthy:
@@ -357,6 +392,10 @@ def install(app: web.Application, repository: Any, settings: LbSettings) -> None
         registry = CollectorRegistry()
     gateway = Gateway(app[CONFIG], settings, plugins, registry)
     app[GATEWAY] = gateway
+    from .grpc_proxy import GrpcGateway
+
+    # A plugin object bound to this gateway, so that the gRPC hook reaches it without globals.
+    plugins.register(GrpcGateway(gateway), "lb.grpc", "dlinfer-lb")
     app.add_routes(routes)
     if own_metrics:
 

@@ -33,9 +33,11 @@ class Node:
     the health machinery owns the rest.
     """
 
-    def __init__(self, url: str, weight: int = 1) -> None:
+    def __init__(self, url: str, weight: int = 1, grpc: str = "") -> None:
         self.url = self.name = url
         self.weight = weight
+        #: ``host:port`` of the node's gRPC service, or empty.
+        self.grpc = grpc
         self.sources: dict[str, int] = {}  # source -> weight it gave
         self.session: aiohttp.ClientSession | None = None
         #: Requests sent and not yet answered, over all models.
@@ -76,6 +78,7 @@ class Node:
     def status(self, now: float) -> dict[str, Any]:
         return {
             "url": self.url,
+            "grpc": self.grpc,
             "weight": self.weight,
             "sources": sorted(self.sources),
             "healthy": self.healthy,
@@ -113,16 +116,18 @@ class Membership:
     # ------------------------------------------------------------- sources
 
     def _set_source(self, source: str, entries: Iterable[NodeEntry]) -> None:
-        wanted = {e.url: e.weight for e in entries}
-        for url, weight in wanted.items():
+        wanted = {e.url: e for e in entries}
+        for url, entry in wanted.items():
             node = self.nodes.get(url)
             if node is None:
-                node = self.nodes[url] = Node(url, weight)
-                node.sources[source] = weight
+                node = self.nodes[url] = Node(url, entry.weight, entry.grpc)
+                node.sources[source] = entry.weight
                 self._on_added(node)
-                log.info("node %s added (%s, weight %d)", url, source, weight)
-            node.sources[source] = weight
+                log.info("node %s added (%s, weight %d)", url, source, entry.weight)
+            node.sources[source] = entry.weight
             node.weight = max(node.sources.values())
+            if entry.grpc:
+                node.grpc = entry.grpc
         for node in list(self.nodes.values()):
             if source in node.sources and node.url not in wanted:
                 del node.sources[source]
@@ -187,7 +192,8 @@ class Membership:
                     self._remove(node, "deregistered")
             return None
         registered = [n for n in self.nodes.values() if REGISTERED in n.sources and n.url != entry.url]
-        self._set_source(REGISTERED, [*(NodeEntry(n.url, n.sources[REGISTERED]) for n in registered), entry])
+        others = [NodeEntry(n.url, n.sources[REGISTERED]) for n in registered]
+        self._set_source(REGISTERED, [*others, entry])
         node = self.nodes[entry.url]
         node.registered_until = time.monotonic() + ttl_s
         return node

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -29,10 +30,13 @@ class Heartbeat:
     def __init__(self, config: NodeConfig, settings: RegisterSettings) -> None:
         self.settings = settings
         self.url = settings.url or f"http://{config.server.host}:{config.server.http_port}"
+        self.grpc = settings.grpc
+        if not self.grpc and "dlinfer.server.v2_grpc" not in config.plugins.disable:
+            self.grpc = f"{urlsplit(self.url).hostname}:{config.server.grpc_port}"
         self._errors: dict[str, str] = {}
 
     async def _post(self, session: aiohttp.ClientSession, gateway: str, ttl_s: float) -> None:
-        doc = {"url": self.url, "weight": self.settings.weight, "ttl_s": ttl_s}
+        doc = {"url": self.url, "grpc": self.grpc, "weight": self.settings.weight, "ttl_s": ttl_s}
         headers = {"Authorization": f"Bearer {self.settings.token}"}
         try:
             async with session.post(f"{gateway}/v2/-/nodes", json=doc, headers=headers) as resp:

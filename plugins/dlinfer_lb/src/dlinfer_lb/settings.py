@@ -28,6 +28,8 @@ class NodeEntry:
 
     url: str
     weight: int = attrs.field(default=1, validator=in_range(1, 10_000))
+    #: ``host:port`` of the node's V2 gRPC service; empty: gRPC requests are not sent to it.
+    grpc: str = ""
 
 
 @attrs.frozen
@@ -80,6 +82,9 @@ class RegisterSettings:
     token: str = attrs.field(default="", repr=False)
     #: The address gateways reach this node at; empty: ``http://<server.host>:<server.http_port>``.
     url: str = ""
+    #: ``host:port`` of this node's gRPC service for gateways; empty: the url's host and
+    #: ``server.grpc_port`` (none when the V2 gRPC built-in is disabled).
+    grpc: str = ""
     weight: int = attrs.field(default=1, validator=in_range(1, 10_000))
     interval_s: float = attrs.field(default=5.0, validator=in_range(0.05, kind="a number"))
     #: How long a gateway keeps this node without a heartbeat.
@@ -160,8 +165,23 @@ def check_url(url: str, where: str) -> str:
     return url.rstrip("/")
 
 
+def check_target(target: str, where: str) -> str:
+    """A gRPC ``host:port`` target."""
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in target:
+        raise ConfigError(f"{where}: expected host:port like '10.0.0.5:8001', got {target!r}")
+    return target
+
+
 def _check_nodes(entries: list[NodeEntry], where: str) -> list[NodeEntry]:
-    return [attrs.evolve(e, url=check_url(e.url, f"{where}[{i}].url")) for i, e in enumerate(entries)]
+    return [
+        attrs.evolve(
+            e,
+            url=check_url(e.url, f"{where}[{i}].url"),
+            grpc=check_target(e.grpc, f"{where}[{i}].grpc") if e.grpc else "",
+        )
+        for i, e in enumerate(entries)
+    ]
 
 
 def load_settings(config: NodeConfig) -> LbSettings:
@@ -173,6 +193,8 @@ def load_settings(config: NodeConfig) -> LbSettings:
     gateways = tuple(
         check_url(g, f"{config.source}: {PREFIX}.register.gateways[{i}]") for i, g in enumerate(reg.gateways)
     )
+    if reg.grpc:
+        check_target(reg.grpc, f"{config.source}: {PREFIX}.register.grpc")
     if reg.url:
         check_url(reg.url, f"{config.source}: {PREFIX}.register.url")
     elif gateways and config.server.host in ("0.0.0.0", "::", ""):

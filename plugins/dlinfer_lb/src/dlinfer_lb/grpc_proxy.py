@@ -1,0 +1,289 @@
+"""Gateway mode over gRPC: ``inference.GRPCInferenceService`` answered by forwarding.
+
+``ModelMetadata`` and ``ModelInfer`` are forwarded to a node's gRPC port as raw
+bytes: only the model name and version (fields 1 and 2 of both requests) are
+read off the wire, tensors are never parsed. Health, server metadata, model
+readiness and the repository index are answered from what the gateway knows;
+model load/unload fan out to the nodes like over HTTP. Retries, deadlines,
+strategies and outlier ejection are the HTTP path's: UNAVAILABLE and
+RESOURCE_EXHAUSTED are retried on another node, any other status reaches the
+client with the node's own details.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from dlinfer import DeadlineExceeded, DlinferError, InvalidInput, __version__
+from dlinfer.plugins import hookimpl
+from dlinfer.repository import check_name
+from dlinfer.server.guards import version_arg
+from dlinfer.server.proto import inference_pb2 as pb
+from dlinfer.server.v2_grpc import EXTENSIONS, SERVICE
+
+from .proxy import UpstreamError
+from .strategies import FAILURE, SUCCESS
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+    from .membership import Node
+
+log = logging.getLogger("dlinfer.lb")
+
+#: Statuses that mean "this node cannot take it now; another one may".
+RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+HTTP_TO_GRPC = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise InvalidInput("malformed request message: bad varint")
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, pos
+        shift += 7
+
+
+def model_and_version(buf: bytes) -> tuple[str, str]:
+    """Fields 1 and 2 (strings) of a protobuf message, skipping every other field unread."""
+    found: dict[int, str] = {}
+    pos = 0
+    while pos < len(buf) and len(found) < 2:
+        key, pos = _varint(buf, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 2:
+            n, pos = _varint(buf, pos)
+            if pos + n > len(buf):
+                raise InvalidInput("malformed request message: truncated field")
+            if field in (1, 2):
+                try:
+                    found[field] = buf[pos : pos + n].decode()
+                except UnicodeDecodeError:
+                    raise InvalidInput("malformed request message: model name is not UTF-8") from None
+            pos += n
+        elif wire == 0:
+            _, pos = _varint(buf, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        else:
+            raise InvalidInput(f"malformed request message: wire type {wire}")
+    return found.get(1, ""), found.get(2, "")
+
+
+class _Headers:
+    """gRPC metadata seen as request headers, for strategies that key on a header."""
+
+    def __init__(self, metadata: Any) -> None:
+        self.headers = {k: v for k, v in metadata or () if isinstance(v, str)}
+
+
+def _forwarded_metadata(metadata: Any) -> list[tuple[str, Any]]:
+    return [(k, v) for k, v in metadata or () if not k.startswith((":", "grpc-")) and k != "user-agent"]
+
+
+class GrpcGateway:
+    """A plugin object bound to one gateway, registered at run time in gateway mode."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+
+    @hookimpl
+    def dlinfer_grpc_services(self, server: Any, repository: Any) -> None:
+        local: dict[str, tuple[type, Callable[[Any, Any], Awaitable[Any]]]] = {
+            "ServerLive": (pb.ServerLiveRequest, self.server_live),
+            "ServerReady": (pb.ServerReadyRequest, self.server_ready),
+            "ModelReady": (pb.ModelReadyRequest, self.model_ready),
+            "ServerMetadata": (pb.ServerMetadataRequest, self.server_metadata),
+            "RepositoryIndex": (pb.RepositoryIndexRequest, self.repository_index),
+            "RepositoryModelLoad": (pb.RepositoryModelLoadRequest, self.model_load),
+            "RepositoryModelUnload": (pb.RepositoryModelUnloadRequest, self.model_unload),
+        }
+        handlers = {
+            name: grpc.unary_unary_rpc_method_handler(_parsed(message, fn), response_serializer=_serialize)
+            for name, (message, fn) in local.items()
+        }
+        for name in ("ModelMetadata", "ModelInfer"):
+            handlers[name] = grpc.unary_unary_rpc_method_handler(self._forwarder(name))
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+
+    # ------------------------------------------------------------ answered here
+
+    async def server_live(self, request: Any, context: Any) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    async def server_ready(self, request: Any, context: Any) -> Any:
+        return pb.ServerReadyResponse(ready=self.gw.ready())
+
+    async def model_ready(self, request: Any, context: Any) -> Any:
+        model, version = _model_args(request.name, request.version)
+        return pb.ModelReadyResponse(ready=bool(self.gw.membership.candidates(model, version, time.monotonic())))
+
+    async def server_metadata(self, request: Any, context: Any) -> Any:
+        return pb.ServerMetadataResponse(name=self.gw.config.server.name, version=__version__, extensions=EXTENSIONS)
+
+    async def repository_index(self, request: Any, context: Any) -> Any:
+        msg = pb.RepositoryIndexResponse()
+        for row in self.gw.index(ready_only=request.ready):
+            msg.models.add(name=row["name"], version=row.get("version", ""), state=row["state"], reason=row["reason"])
+        return msg
+
+    async def model_load(self, request: Any, context: Any) -> Any:
+        await self._control(context, "load", request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    async def model_unload(self, request: Any, context: Any) -> Any:
+        await self._control(context, "unload", request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    async def _control(self, context: Any, action: str, model: str) -> None:
+        headers = {k: v for k, v in context.invocation_metadata() or () if k == "authorization"}
+        status, error = await self.gw.control_nodes(action, check_name(model), headers, b"")
+        if status != 200:
+            await context.abort(HTTP_TO_GRPC.get(status, grpc.StatusCode.INTERNAL), error)
+
+    # ------------------------------------------------------------- forwarded
+
+    def _forwarder(self, method: str) -> Callable[[bytes, Any], Awaitable[bytes]]:
+        path = f"/{SERVICE}/{method}"
+
+        async def forward(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            try:
+                model, version = _model_args(*model_and_version(raw))
+                return await self._forward(path, model, version, raw, context)
+            except DlinferError as exc:
+                await context.abort(grpc.StatusCode[exc.grpc_code], exc.message)
+                raise  # abort raises; this line is never reached
+
+        return forward
+
+    async def _forward(
+        self, path: str, model: str, version: str | None, raw: bytes, context: grpc.aio.ServicerContext
+    ) -> bytes:
+        gw = self.gw
+        route = gw.route(model)
+        policy = route.policy
+        loop = asyncio.get_running_loop()
+        client_left = context.time_remaining()
+        deadline = loop.time() + (policy.deadline_s if client_left is None else min(policy.deadline_s, client_left))
+        metadata = _forwarded_metadata(context.invocation_metadata())
+        keyed = _Headers(context.invocation_metadata())
+        tried: set[str] = set()
+        errors: list[str] = []
+        refused: grpc.aio.AioRpcError | None = None
+        gw.proxy.budget.request()
+        for attempt in range(policy.max_retries + 1):
+            now = time.monotonic()
+            candidates = [n for n in gw.membership.candidates(model, version, now) if n.grpc and n.url not in tried]
+            if not candidates:
+                if not tried:
+                    raise gw.proxy.no_candidate(model, version)
+                break
+            if attempt:
+                if not gw.proxy.budget.try_retry():
+                    gw.metrics.budget_exhausted.labels(model).inc()
+                    errors.append("retry budget exhausted")
+                    break
+                gw.metrics.retries.labels(model).inc()
+            node = route.strategy.pick(model, candidates, keyed)
+            tried.add(node.url)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise DeadlineExceeded(f"model {model!r}: deadline passed; " + "; ".join(errors))
+            try:
+                return await self._attempt(node, route, model, path, raw, metadata, remaining)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    await context.abort(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"model {model!r}: no answer within {remaining * 1000:.0f} ms (waiting for {node.grpc})",
+                    )
+                if exc.code() not in RETRY_CODES:
+                    # The node answered: its status and details are the client's answer.
+                    await context.abort(exc.code(), exc.details() or "")
+                errors.append(f"{node.grpc}: {exc.code().name}: {exc.details()}")
+                refused = exc
+        if refused is not None:
+            # The last node's own refusal (its status and details) is the most useful error.
+            await context.abort(refused.code(), refused.details() or "")
+        raise UpstreamError(f"model {model!r}: no node could answer: " + "; ".join(errors))
+
+    async def _attempt(
+        self, node: Node, route: Any, model: str, path: str, raw: bytes, metadata: Any, remaining: float
+    ) -> bytes:
+        gw = self.gw
+        channel = gw.grpc_channel(node)
+        call = channel.unary_unary(path)  # no (de)serializers: bytes in, bytes out
+        node.outstanding += 1
+        node.requests += 1
+        gw.metrics.upstream.labels(model, node.url).inc()
+        t0 = time.perf_counter()
+        try:
+            answer = await call(raw, timeout=remaining, metadata=metadata)
+        except grpc.aio.AioRpcError as exc:
+            latency = time.perf_counter() - t0
+            code = exc.code()
+            if code in RETRY_CODES or code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                reason = f"{code.name}: {exc.details()}"
+                node.failures += 1
+                node.last_error = reason
+                gw.metrics.failures.labels(model, node.url, code.name.lower()).inc()
+                route.strategy.observe(node, FAILURE, latency)
+                if code != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    gw.outlier.failure(node, reason)
+            else:
+                route.strategy.observe(node, SUCCESS, latency)
+                gw.outlier.success(node)
+            raise
+        finally:
+            node.outstanding -= 1
+        latency = time.perf_counter() - t0
+        gw.metrics.latency.labels(model, node.url).observe(latency)
+        route.strategy.observe(node, SUCCESS, latency)
+        gw.outlier.success(node)
+        return answer
+
+
+def _model_args(name: str, version: str) -> tuple[str, str | None]:
+    v = version_arg(version or None)
+    return check_name(name), str(int(v)) if v else None
+
+
+def _serialize(msg: Any) -> bytes:
+    return msg.SerializeToString()
+
+
+def _parsed(message: type, fn: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[bytes, Any], Awaitable[Any]]:
+    """Parse the request as ``message``; a :class:`DlinferError` becomes its gRPC status."""
+
+    async def handler(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            try:
+                request = message.FromString(raw)
+            except DecodeError as exc:
+                raise InvalidInput(f"malformed {message.__name__} message: {exc}") from None
+            return await fn(request, context)
+        except DlinferError as exc:
+            await context.abort(grpc.StatusCode[exc.grpc_code], exc.message)
+
+    return handler
