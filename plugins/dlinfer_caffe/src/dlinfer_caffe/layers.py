@@ -323,13 +323,14 @@ class InnerProduct(Rule):
         x = io.x
         if len(io.shape) != axis + 1:
             x = g.node("Reshape", [x, g.ints([0] * axis + [k], "shape")], base=f"{io.name}/flat")
-        weight = io.blobs[0] if p.transpose else io.blobs[0].T  # as [K, N]
         if axis == 1:
-            inputs = [x, g.const(np.ascontiguousarray(weight), f"{io.name}/weight")]
+            # Caffe stores [N, K] (or [K, N] with transpose); Gemm takes either as is.
+            inputs = [x, g.const(io.blobs[0], f"{io.name}/weight")]
             if p.bias_term:
                 inputs.append(g.const(io.blobs[1], f"{io.name}/bias"))
-            g.node("Gemm", inputs, io.tops[0])
+            g.node("Gemm", inputs, io.tops[0], transB=0 if p.transpose else 1)
         else:
+            weight = io.blobs[0] if p.transpose else io.blobs[0].T  # as [K, N]
             y = g.node(
                 "MatMul",
                 [x, g.const(np.ascontiguousarray(weight), f"{io.name}/weight")],

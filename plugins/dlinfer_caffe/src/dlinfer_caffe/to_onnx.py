@@ -28,6 +28,13 @@ DEFAULT_OPSET = 13
 BlobSource = Callable[[caffe_pb2.LayerParameter, Rule, list[Shape]], list[np.ndarray]]
 
 
+def _size(tensor: Any) -> int:
+    n = 1
+    for d in tensor.dims:
+        n *= d
+    return n
+
+
 def network_inputs(net: caffe_pb2.NetParameter, layers: list[caffe_pb2.LayerParameter]) -> dict[str, Shape]:
     """Input blobs and shapes: legacy ``input``/``input_shape``/``input_dim`` and ``Input`` layers."""
     inputs: dict[str, Shape] = {}
@@ -169,25 +176,33 @@ def convert_net(
     def dims(shape: Shape) -> list[int | str]:
         return ["batch", *shape[1:]] if dynamic_batch else list(shape)
 
-    graph = helper.make_graph(
-        g.nodes,
-        net.name or "caffe",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, dims(s)) for n, s in inputs.items()],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs],
-        initializer=g.initializers,
+    graph_inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, dims(s)) for n, s in inputs.items()]
+    # Shape inference and the checker run on a skeleton whose large weights are declared
+    # as inputs: the same graph to them, without copying hundreds of megabytes around.
+    small = [t for t in g.initializers if _size(t) <= 4096]
+    large = [t for t in g.initializers if _size(t) > 4096]
+    skeleton = helper.make_model(
+        helper.make_graph(
+            g.nodes,
+            net.name or "caffe",
+            graph_inputs + [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in large],
+            [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs],
+            initializer=small,
+        ),
+        opset_imports=[helper.make_opsetid("", opset or DEFAULT_OPSET)],
+        producer_name="dlinfer-caffe",
     )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", opset or DEFAULT_OPSET)], producer_name="dlinfer-caffe"
-    )
-    model.ir_version = 8  # readable by every ONNX Runtime from 1.10 on
-    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    inferred = {v.name: v for v in model.graph.value_info}
-    for out in model.graph.output:
-        if out.name in inferred:
-            out.type.CopyFrom(inferred[out.name].type)
-    del model.graph.value_info[:]
+    skeleton.ir_version = 8  # readable by every ONNX Runtime from 1.10 on
     try:
-        onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
+        inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=True)
+        types = {v.name: v.type for v in [*inferred.graph.value_info, *inferred.graph.output]}
+        for out in skeleton.graph.output:
+            if out.name in types:
+                out.type.CopyFrom(types[out.name])
+        onnx.checker.check_model(skeleton)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise ModelLoadError(f"the converted ONNX model is invalid: {exc}") from exc
+    model = skeleton
+    del model.graph.input[len(graph_inputs) :]
+    model.graph.initializer.extend(large)
     return model

@@ -29,7 +29,16 @@ def array_to_blob(array: np.ndarray, legacy: bool = False) -> caffe_pb2.BlobProt
         blob.num, blob.channels, blob.height, blob.width = (1,) * (4 - array.ndim) + array.shape
     else:
         blob.shape.dim.extend(array.shape)
-    blob.data.extend(array.reshape(-1).tolist())
+    # Encode the packed float field (5) directly: extending the repeated field from
+    # Python would box every weight as a Python float.
+    payload = array.astype("<f4").tobytes()
+    size, header = len(payload), bytearray([5 << 3 | 2])
+    while True:
+        header.append((size & 0x7F) | (0x80 if size > 0x7F else 0))
+        size >>= 7
+        if not size:
+            break
+    blob.MergeFromString(bytes(header) + payload)
     return blob
 
 
