@@ -156,3 +156,12 @@ def test_node_starts_without_importing_tensorflow(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "ready 200 404 True" in proc.stdout
     assert "tensorflow imported: False" in proc.stdout
+
+
+def test_plugin_reports_itself_available(node):
+    plugins = requests.get(f"{node.url}/v2/-/plugins", timeout=10).json()
+    tf_plugin = next(p for p in plugins if p["name"] == "tf")
+    assert tf_plugin["status"] == "loaded"
+    assert {"dlinfer_model_formats", "dlinfer_converters", "dlinfer_routes", "dlinfer_grpc_services"} <= set(
+        tf_plugin["hooks"]
+    )

@@ -6,9 +6,21 @@ first model, conversion or TF-Serving request, never at node start.
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 from dlinfer import hookimpl
+
+#: Packages the plugin needs at run time (distribution dependencies, but an environment can lose them).
+REQUIRED = ("tensorflow", "tensorflow_serving", "tf2onnx", "onnxruntime")
+
+
+@hookimpl
+def dlinfer_unavailable() -> str | None:
+    missing = [m for m in REQUIRED if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"missing packages: {', '.join(missing)}; reinstall dlinfer-tf"
+    return None
 
 
 @hookimpl
