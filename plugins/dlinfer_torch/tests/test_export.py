@@ -14,7 +14,7 @@ import pytest
 import tomli_w
 import torch
 
-from dlinfer import ModelLoadError
+from dlinfer import ModelLoadError, TensorSpec
 from dlinfer.model import model_config_from_dict
 from dlinfer_torch import testing as tt
 from dlinfer_torch.export import ExportError, export_onnx
@@ -118,3 +118,17 @@ def test_convert_command_prints_validation(tmp_path: Path) -> None:
     bad = subprocess.run([*cmd[:-1], "21", "--model-config", str(cfg)], capture_output=True, text=True, timeout=240)
     assert bad.returncode != 0
     assert "opset 21" in bad.stderr
+
+
+def test_explicit_tensor_specs_for_callers_without_a_config(tmp_path: Path) -> None:
+    """How another plugin (e.g. a TensorRT builder) calls the helper: specs and names in, ONNX out."""
+    cnn = tt.make(tt.TinyCNN, seed=12)
+    dst = tmp_path / "cnn.onnx"
+    result = export_onnx(
+        cnn, dst, inputs=[TensorSpec("pixels", "FP32", (-1, 3, 16, 16))], output_names=["logits"], opset=9
+    )
+    assert result.max_abs_error is not None and result.max_abs_error <= 1e-4
+    x = np.random.default_rng(4).standard_normal((6, 3, 16, 16)).astype(np.float32)
+    with torch.inference_mode():
+        expected = cnn(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(_ort(dst, {"pixels": x})["logits"], expected, atol=1e-4, rtol=0)

@@ -258,3 +258,16 @@ def test_concurrent_requests_batched_over_two_instances(node: RunningNode, repo:
     with torch.inference_mode():
         for x, got in zip(xs, results, strict=True):
             np.testing.assert_allclose(got, repo[1]["cnn"](torch.from_numpy(x)).numpy(), atol=ATOL, rtol=0)
+
+
+def test_grpc_client_gets_the_same_outputs(node: RunningNode, repo: tuple[Path, dict[str, Any]]) -> None:
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{node.config.server.grpc_port}")
+    x = np.random.default_rng(21).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    inp = grpcclient.InferInput("image", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    got = client.infer("cnn_export", [inp]).as_numpy("output")
+    with torch.inference_mode():
+        expected = repo[1]["cnn"](torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
