@@ -67,6 +67,19 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]
             ],
         },
     )
+    two_example = (torch.randn(2, 3, 8, 8), torch.randn(2, 4))
+    write_model(
+        root,
+        "multi_export",
+        files={"model.pt2": _file(tt.save_exported(two, two_example, work / "two.pt2"))},
+        # The program knows its inputs; config only names the tuple's outputs.
+        config={
+            "output": [
+                {"name": "logits", "datatype": "FP32", "shape": [-1, 3]},
+                {"name": "pooled", "datatype": "FP32", "shape": [-1, 4]},
+            ]
+        },
+    )
     write_model(
         root,
         "dict_out",
@@ -136,7 +149,10 @@ def test_metadata_reports_full_shapes_and_platform(node: RunningNode) -> None:
     assert script["outputs"] == [{"name": "output", "datatype": "FP32", "shape": [-1, 5]}]
 
 
-def test_multiple_inputs_and_named_tuple_outputs(node: RunningNode, repo: tuple[Path, dict[str, Any]]) -> None:
+@pytest.mark.parametrize("model", ["multi", "multi_export"])
+def test_multiple_inputs_and_named_tuple_outputs(
+    node: RunningNode, repo: tuple[Path, dict[str, Any]], model: str
+) -> None:
     rng = np.random.default_rng(3)
     image = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
     extra = rng.standard_normal((2, 4)).astype(np.float32)
@@ -146,7 +162,7 @@ def test_multiple_inputs_and_named_tuple_outputs(node: RunningNode, repo: tuple[
             {"name": "image", "datatype": "FP32", "shape": [2, 3, 8, 8], "data": image.ravel().tolist()},
         ]
     }
-    resp = requests.post(f"{node.url}/v2/models/multi/infer", json=body, timeout=30)
+    resp = requests.post(f"{node.url}/v2/models/{model}/infer", json=body, timeout=30)
     assert resp.status_code == 200, resp.text
     outs = {o["name"]: np.asarray(o["data"], dtype=np.float32).reshape(o["shape"]) for o in resp.json()["outputs"]}
     with torch.inference_mode():
@@ -177,7 +193,7 @@ def test_corrupt_file_is_unavailable_with_reason_and_others_serve(node: RunningN
     assert "damaged" in index["corrupt"]["reason"]
     ready = requests.get(f"{node.url}/v2/models/corrupt/ready", timeout=30)
     assert ready.status_code != 200
-    for name in ("cnn_script", "cnn_export", "cnn_state", "cnn_batched", "multi", "dict_out"):
+    for name in ("cnn_script", "cnn_export", "cnn_state", "cnn_batched", "multi", "multi_export", "dict_out"):
         assert index[name]["state"] == "READY", index[name]
 
 
