@@ -124,3 +124,12 @@ def test_bad_transform_settings(tmp_path: Path, table: dict, message: str) -> No
     model = convert_files(tmp_path / "deploy.prototxt", tmp_path / "model.caffemodel")
     with pytest.raises(ModelLoadError, match=message):
         prepend_transform(model, parse_transform(table, tmp_path))
+
+
+def test_syntax_errors_point_at_the_line_and_unsupported_layers() -> None:
+    with pytest.raises(ModelLoadError, match=r'deploy\.prototxt: .* 2:\d+ : .*no field named "num_ouput"') as info:
+        parse_prototxt('name: "x"\nlayer { name: "c" type: "Convolution" convolution_param { num_ouput: 2 } }')
+    assert "cannot convert" not in str(info.value)  # a typo in a supported layer stays a typo
+    text = 'name: "x"\nlayer { name: "det" type: "DetectionOutput" detection_output_param { num_classes: 21 } }'
+    with pytest.raises(ModelLoadError, match=r"cannot convert: 'det' \(DetectionOutput\); supported: BatchNorm"):
+        parse_prototxt(text)

@@ -87,8 +87,28 @@ def parse_prototxt(text: str, source: str = PROTOTXT) -> caffe_pb2.NetParameter:
     try:
         text_format.Parse(text, net)
     except text_format.ParseError as exc:
-        raise ModelLoadError(f"{source}: not a valid Caffe network definition: {exc}") from None
+        raise ModelLoadError(
+            f"{source}: not a valid Caffe network definition: {exc}{_unsupported_hint(text)}"
+        ) from None
     return net
+
+
+def _unsupported_hint(text: str) -> str:
+    """Name the unsupported layer types when their parameter messages are what failed
+    to parse (the schema declares parameters of supported layers only)."""
+    from .layers import supported_types
+
+    lenient = caffe_pb2.NetParameter()
+    try:
+        text_format.Parse(text, lenient, allow_unknown_field=True)
+        layers = all_layers(lenient)
+    except (text_format.ParseError, ModelLoadError):
+        return ""
+    known = supported_types()
+    unsupported = sorted({f"{layer.name!r} ({layer.type})" for layer in layers if layer.type not in known})
+    if not unsupported:
+        return ""
+    return f"; layers of types dlinfer-caffe cannot convert: {', '.join(unsupported)}; supported: {', '.join(known)}"
 
 
 def read_prototxt(path: Path) -> caffe_pb2.NetParameter:
