@@ -1,4 +1,4 @@
-"""TensorFlow model behind each frontend: V2 (binary HTTP, gRPC) and TF-Serving (REST row and
+"""TensorFlow model behind each frontend: V2 (JSON and binary HTTP, gRPC) and TF-Serving (REST row and
 columnar JSON, gRPC), side by side, against TensorFlow in-process; and oneDNN on vs off.
 
 Builds a MobileNetV2 SavedModel (random weights, 224x224x3 input) in a temporary repository,
@@ -34,7 +34,7 @@ from protocols import progress
 from dlinfer.testing import free_port
 
 MODEL = "mnv2"
-FRONTENDS = ("v2-binary", "v2-grpc", "tfs-rest-row", "tfs-rest-columnar", "tfs-grpc")
+FRONTENDS = ("v2-json", "v2-binary", "v2-grpc", "tfs-rest-row", "tfs-rest-columnar", "tfs-grpc")
 
 
 def build_model(folder: Path) -> None:
@@ -105,10 +105,11 @@ def make_call(frontend: str, http_port: int, grpc_port: int, x: np.ndarray) -> C
         else:
             import tritonclient.http as client_lib
 
+            binary = frontend == "v2-binary"
             client = client_lib.InferenceServerClient(f"127.0.0.1:{http_port}", network_timeout=120)
             inp = client_lib.InferInput("image", list(x.shape), "FP32")
-            inp.set_data_from_numpy(x, binary_data=True)
-            out = client_lib.InferRequestedOutput("probs", binary_data=True)
+            inp.set_data_from_numpy(x, binary_data=binary)
+            out = client_lib.InferRequestedOutput("probs", binary_data=binary)
 
         def v2() -> None:
             assert client.infer(MODEL, [inp], outputs=[out]).as_numpy("probs").shape == (x.shape[0], 1000)
