@@ -132,3 +132,10 @@ def test_pooling_window_past_the_input_is_refused(caffe_case) -> None:
     text = net("bad", (1, 1, 5, 5), L("p", "Pooling", "data", params="pooling_param { kernel_size: 1 stride: 3 }"))
     with pytest.raises(ModelLoadError, match=r"layer 'p' \(Pooling\): .*starts past the input's end"):
         caffe_case(text)
+
+
+def test_reshape_spelling_out_the_batch_keeps_it_dynamic(caffe_case) -> None:
+    text = net("r", (1, 2, 3, 4), L("r", "Reshape", "data", params="reshape_param { shape { dim: 1 dim: -1 } }"))
+    model = caffe_case(text)
+    x = model.inputs(batch=3)["data"]
+    np.testing.assert_array_equal(model.run_onnx({"data": x}, ["r"])["r"], x.reshape(3, -1))

@@ -167,3 +167,16 @@ def test_served_networks_match_opencv(tmp_path: Path) -> None:
             version = root / name / "1"
             expected = opencv_outputs(version / "deploy.prototxt", version / "model.caffemodel", {"data": x}, ["prob"])
             assert relative_error(expected["prob"].reshape(got.shape), got) <= 1e-4, name
+
+
+def test_unload_and_reload(repository: Path) -> None:
+    with RunningNode(node_config(repository)) as node:
+        client = httpclient.InferenceServerClient(node.url.removeprefix("http://"))
+        assert requests.post(f"{node.url}/v2/repository/models/caffenet/unload", timeout=10).status_code == 200
+        assert not client.is_model_ready("caffenet")
+        assert requests.post(f"{node.url}/v2/repository/models/caffenet/load", timeout=30).status_code == 200
+        assert client.is_model_ready("caffenet")
+        x = np.ones((1, 3, 16, 16), np.float32)
+        inp = httpclient.InferInput("data", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        assert client.infer("caffenet", [inp]).as_numpy("prob").shape == (1, 5)

@@ -758,6 +758,10 @@ class Reshape(Rule):
         if count(out) != count(io.shape):
             raise fail(io, f"shape {out} does not hold the {count(io.shape)} values of input {list(io.shape)}")
         target = [0] * start + dims + list(io.shape[end:])
+        if start == 0 and dims and dims[0] == io.shape[0]:
+            # A deploy file spelling out its batch size (``dim: 1``) means "keep the batch":
+            # copy it, so that other batch sizes keep their own.
+            target[0] = 0
         g.node("Reshape", [io.x, g.ints(target, "shape")], io.tops[0])
         return [tuple(out)]
 
