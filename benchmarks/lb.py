@@ -2,13 +2,15 @@
 
 Usage::
 
-    python benchmarks/lb.py [--duration 5] [--warmup 1] [--scaling-model mnv2] [--json out.json]
+    python benchmarks/lb.py [--duration 5] [--warmup 1] [--scaling-model mnv2] [--protocols binary,grpc]
+        [--json out.json]
 
 1. Overhead: one ``dlinfer-core`` node and one gateway (``dlinfer-core`` with
    ``[plugins.lb] enabled = true``) in front of it, each in its own process. The
-   load generator (``loadgen.py``, its own process, binary tensors) runs against
-   the node and against the gateway at concurrency 1 and 16, for a tiny model
-   (``linear``: HTTP cost dominates, the worst case for a proxy) and a small CNN.
+   load generator (``loadgen.py``, its own process; binary tensors over HTTP, raw
+   contents over gRPC) runs against the node and against the gateway at
+   concurrency 1 and 16, for a tiny model (``linear``: protocol cost dominates,
+   the worst case for a proxy) and a small CNN.
 2. Scaling: three nodes each serving a CPU-bound model with one thread; the
    gateway (least outstanding requests) in front of 1, 2 and 3 of them, load at
    concurrency 16.
@@ -57,10 +59,10 @@ class Process:
 
     def __init__(self, folder: Path, config: dict[str, Any], plugins: str) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port, self.grpc_port = free_port(), free_port()
         config = {
             **config,
-            "server": {"host": "127.0.0.1", "http_port": self.port, "grpc_port": free_port()},
+            "server": {"host": "127.0.0.1", "http_port": self.port, "grpc_port": self.grpc_port},
             "logging": {"level": "warning"},
         }
         (folder / "node.toml").write_text(tomli_w.dumps(config))
@@ -69,6 +71,7 @@ class Process:
         cmd = [exe] if exe else [sys.executable, "-m", "dlinfer.cli"]
         self.proc = subprocess.Popen([*cmd, "--config", str(folder / "node.toml")], env=env)
         self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc = f"127.0.0.1:{self.grpc_port}"
         until = time.monotonic() + 120
         while time.monotonic() < until:
             if self.proc.poll() is not None:
@@ -94,26 +97,56 @@ def node(folder: Path, repo: Path) -> Process:
 
 
 def gateway(folder: Path, nodes: list[Process], strategy: str) -> Process:
-    lb = {"enabled": True, "strategy": strategy, "nodes": [n.url for n in nodes]}
+    lb = {"enabled": True, "strategy": strategy, "nodes": [{"url": n.url, "grpc": n.grpc} for n in nodes]}
     return Process(folder, {"repository": {"path": "none"}, "plugins": {"disable": LOCAL_V2, "lb": lb}}, "lb")
 
 
-def loadgen(url: str, model: str, shape: str, concurrency: int, args: argparse.Namespace) -> dict[str, Any]:
-    cmd = [str(HERE / "loadgen.py"), "--url", url, "--model", model, "--shape", shape, "--protocol", "binary"]
+def loadgen(
+    url: str, model: str, shape: str, concurrency: int, args: argparse.Namespace, protocol: str = "binary"
+) -> dict[str, Any]:
+    cmd = [str(HERE / "loadgen.py"), "--url", url, "--model", model, "--shape", shape, "--protocol", protocol]
     cmd += ["--concurrency", str(concurrency), "--duration", str(args.duration), "--warmup", str(args.warmup)]
     out = subprocess.run([sys.executable, *cmd], check=True, capture_output=True, text=True)
     return orjson.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measured(url: str, model: str, shape: str, c: int, args: argparse.Namespace, pids: dict[str, list[int]]) -> dict:
+def measured(
+    url: str, model: str, shape: str, c: int, args: argparse.Namespace, pids: dict[str, list[int]], protocol: str
+) -> dict:
     """One load point, with the CPU seconds each group of processes spent per answered request."""
     before = {k: sum(cpu_seconds(p) for p in v) for k, v in pids.items()}
-    r = loadgen(url, model, shape, c, args)
+    r = loadgen(url, model, shape, c, args, protocol)
     after = {k: sum(cpu_seconds(p) for p in v) for k, v in pids.items()}
     answered = r["rps"] * (args.duration + args.warmup)  # CPU covers warmup too: close enough per request
     for k in pids:
         r[f"{k}_cpu_ms"] = (after[k] - before[k]) * 1000 / answered if answered else None
     return r
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-key median over rounds: one noisy round on a shared machine does not decide a row."""
+    keys = [k for k, v in runs[0].items() if isinstance(v, int | float) or v is None]
+    out: dict[str, Any] = {}
+    for k in keys:
+        values = sorted(r[k] for r in runs if r.get(k) is not None)
+        out[k] = values[len(values) // 2] if values else None
+    return out
+
+
+def alternated(
+    points: list[tuple[str, dict[str, list[int]]]],
+    model: str,
+    shape: str,
+    c: int,
+    args: argparse.Namespace,
+    protocol: str,
+) -> list[dict[str, Any]]:
+    """Each target of ``points`` measured ``args.rounds`` times, interleaved, as medians."""
+    runs: list[list[dict[str, Any]]] = [[] for _ in points]
+    for _ in range(args.rounds):
+        for i, (url, pids) in enumerate(points):
+            runs[i].append(measured(url, model, shape, c, args, pids, protocol))
+    return [median_of(r) for r in runs]
 
 
 def fmt(v: Any, digits: int = 2) -> str:
@@ -130,7 +163,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds per point; medians are reported")
     p.add_argument("--scaling-model", default="mnv2", choices=sorted(SHAPES))
+    p.add_argument("--protocols", default="binary,grpc", help="overhead protocols: binary (HTTP), grpc")
     p.add_argument("--json", type=Path, help="write the raw results here")
     args = p.parse_args()
     from dlinfer.testing import onnx_linear_model
@@ -147,20 +182,34 @@ def main() -> None:
         nodes = [node(root / f"node{i}", repo) for i in (1, 2, 3)]
         try:
             gw = gateway(root / "gw1", nodes[:1], "least_outstanding")
-            points = [(m, c) for m in ("linear", "cnn") for c in (1, 16)]
-            for m, c in tqdm(points, desc="overhead"):
-                direct = measured(nodes[0].url, m, shapes[m], c, args, {"node": [nodes[0].proc.pid]})
-                via = measured(gw.url, m, shapes[m], c, args, {"node": [nodes[0].proc.pid], "gw": [gw.proc.pid]})
-                results["overhead"].append({"model": m, "concurrency": c, "direct": direct, "gateway": via})
+            points = [(pr, m, c) for pr in args.protocols.split(",") for m in ("linear", "cnn") for c in (1, 16)]
+            for pr, m, c in tqdm(points, desc="overhead"):
+                n0, pids = nodes[0].proc.pid, {"node": [nodes[0].proc.pid], "gw": [gw.proc.pid]}
+                grpc = pr == "grpc"
+                direct, via = alternated(
+                    [
+                        (nodes[0].grpc if grpc else nodes[0].url, {"node": [n0]}),
+                        (gw.grpc if grpc else gw.url, pids),
+                    ],
+                    m,
+                    shapes[m],
+                    c,
+                    args,
+                    pr,
+                )
+                results["overhead"].append(
+                    {"protocol": pr, "model": m, "concurrency": c, "direct": direct, "gateway": via}
+                )
             gw.stop()
             m = args.scaling_model
-            base = measured(nodes[0].url, m, shapes[m], 16, args, {"node": [nodes[0].proc.pid]})
+            base = measured(nodes[0].url, m, shapes[m], 16, args, {"node": [nodes[0].proc.pid]}, "binary")
             results["scaling"].append({"nodes": "1 direct", **base})
             for n in tqdm((1, 2, 3), desc="scaling"):
                 g = gateway(root / f"gws{n}", nodes[:n], "least_outstanding")
                 try:
                     pids = {"node": [x.proc.pid for x in nodes[:n]], "gw": [g.proc.pid]}
-                    results["scaling"].append({"nodes": str(n), **measured(g.url, m, shapes[m], 16, args, pids)})
+                    point = measured(g.url, m, shapes[m], 16, args, pids, "binary")
+                    results["scaling"].append({"nodes": str(n), **point})
                 finally:
                     g.stop()
         finally:
@@ -179,6 +228,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
         d, g = r["direct"], r["gateway"]
         rows.append(
             [
+                "http" if r["protocol"] == "binary" else r["protocol"],
                 r["model"],
                 r["concurrency"],
                 d["rps"],
@@ -192,8 +242,9 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
                 g["gw_cpu_ms"],
             ]
         )
-    print("\ngateway overhead (binary tensors, closed loop)")
-    header = ["model", "conc", "direct req/s", "gw req/s", "gw % direct", "direct p50 ms", "gw p50 ms", "added p50 ms"]
+    print("\ngateway overhead (binary tensors over HTTP, raw contents over gRPC; closed loop)")
+    header = ["protocol", "model", "conc", "direct req/s", "gw req/s", "gw % direct"]
+    header += ["direct p50 ms", "gw p50 ms", "added p50 ms"]
     print(table([*header, "node cpu ms/req direct", "node cpu ms/req via gw", "gw cpu ms/req"], rows))
     base = results["scaling"][1]["rps"] if len(results["scaling"]) > 1 else None
     rows = [
