@@ -75,6 +75,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunningNode, torch
     )
     write_model(
         root,
+        "bad_labels",
+        files={"model.pt": model},
+        config={**base, "postprocess": ["argmax"], "parameters": {"argmax": {"labels": ["cat", "dog"]}}},
+    )
+    write_model(
+        root,
         "bad_key",
         files={"model.pt": model},
         config={**base, "preprocess": ["image"], "parameters": {"image": {"mean": MEAN, "sizes": [2, 2]}}},
@@ -141,4 +147,6 @@ def test_bad_processor_settings_make_the_model_unavailable(served: tuple[Running
     assert "k = 9" in rows["bad_k"]["reason"] and "7 classes" in rows["bad_k"]["reason"]
     assert rows["bad_key"]["state"] == "UNAVAILABLE"
     assert "unknown keys ['sizes']" in rows["bad_key"]["reason"]
+    assert rows["bad_labels"]["state"] == "UNAVAILABLE"
+    assert "labels has 2 names; output 'output' has 7 classes" in rows["bad_labels"]["reason"]
     assert rows["classify"]["state"] == "READY"

@@ -10,7 +10,6 @@ this function's output.
 
 from __future__ import annotations
 
-import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,6 @@ from dlinfer.convert import Converter, ConvertOptions, ConvertResult
 from dlinfer.numerics import compare_outputs
 
 from .modules import FORMATS, summarize
-
-log = logging.getLogger("dlinfer.torch")
 
 MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 9, 17, 17
 #: Batch size of the traced sample inputs; validation runs at VALIDATE_BATCH.
@@ -79,7 +76,7 @@ def export_onnx(
     if not validate:
         return ConvertResult(dst, notes=tuple(notes))
     cmp = _validate(feeds, expected, dst, atol, rtol)
-    notes.append(f"validated at batch {VALIDATE_BATCH if batched else 'as traced'}: {cmp.describe()}")
+    notes.append(f"validated at {f'batch {VALIDATE_BATCH}' if batched else 'the traced shapes'}: {cmp.describe()}")
     if not cmp.ok:
         raise ExportError(
             f"{dst.name}: ONNX Runtime disagrees with torch beyond atol={atol}, rtol={rtol}: {cmp.describe()}"

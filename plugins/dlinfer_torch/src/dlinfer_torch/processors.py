@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from dlinfer import InvalidInput, ModelConfig, ModelLoadError, TensorSpec
+from dlinfer import InferenceError, InvalidInput, ModelConfig, ModelLoadError, TensorSpec
 
 
 def settings(config: ModelConfig, table: str, allowed: set[str]) -> dict[str, Any]:
@@ -185,7 +185,9 @@ def _labels(p: dict[str, Any], table: str) -> np.ndarray | None:
 
 def _class_labels(labels: np.ndarray, idx: np.ndarray, table: str) -> np.ndarray:
     if idx.size and int(idx.max()) >= labels.size:
-        raise InvalidInput(f"parameters.{table}.labels has {labels.size} names, but the model scored class {idx.max()}")
+        raise InferenceError(
+            f"parameters.{table}.labels has {labels.size} names, but the model scored class {idx.max()}"
+        )
     return labels[idx]
 
 
@@ -228,6 +230,11 @@ class TopK:
         self._source, self._k = source.name, k
         self._softmax = bool(p.get("softmax", False))
         self._labels = _labels(p, self.name)
+        if self._labels is not None and classes != -1 and self._labels.size != classes:
+            raise ModelLoadError(
+                f"parameters.{self.name}.labels has {self._labels.size} names; output {source.name!r} "
+                f"has {classes} classes"
+            )
         return [t for t in outputs if t is not source] + self._specs(source.shape[:-1])
 
     def _specs(self, lead: tuple[int, ...]) -> list[TensorSpec]:
