@@ -78,12 +78,19 @@ def _mobilenet_v2():
     return nn.Sequential(*layers)
 
 
-def onnx_bytes(name: str) -> bytes:
-    """The ONNX file of benchmark model ``name``, random weights (fixed seed)."""
+def torch_module(name: str):
+    """Benchmark model ``name`` as a torch module in eval mode, random weights (fixed seed)."""
     import torch
 
     torch.manual_seed(0)
-    model = {"cnn": _cnn, "mnv2": _mobilenet_v2}[name]().eval()
+    return {"cnn": _cnn, "mnv2": _mobilenet_v2}[name]().eval()
+
+
+def onnx_bytes(name: str) -> bytes:
+    """The ONNX file of benchmark model ``name``."""
+    import torch
+
+    model = torch_module(name)
     f = io.BytesIO()
     with torch.no_grad():
         torch.onnx.export(

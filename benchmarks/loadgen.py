@@ -9,7 +9,9 @@ it never shares an interpreter with the server it measures)::
 Prints one JSON object: requests per second, p50/p90/p99 latency (ms), counts by
 status, and, with ``--server-pid``, the server's CPU milliseconds per answered
 request over the measured window. Open-loop latency is measured from each
-request's scheduled send time, so a stalled server is not hidden by a stalled client.
+request's scheduled send time, so a stalled server is not hidden by a stalled client
+(``--from-send`` measures from the actual send instead, when the client itself cannot
+keep the schedule and only the server's share of the latency is wanted).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-PROTOCOLS = ("json", "binary", "grpc")
+#: V2 REST JSON, V2 REST binary tensors, V2 gRPC, and TorchServe's REST API with raw float32 bytes.
+PROTOCOLS = ("json", "binary", "grpc", "torchserve")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -37,6 +40,8 @@ def cpu_seconds(pid: int) -> float:
 
 def http_payload(protocol: str, x: np.ndarray) -> tuple[bytes, dict[str, str]]:
     """The request body and headers of one V2 REST request carrying ``x`` as input ``x``."""
+    if protocol == "torchserve":
+        return x.tobytes(), {"Content-Type": "application/octet-stream"}
     if protocol == "json":
         doc = {"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel()}]}
         return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY), {"Content-Type": "application/json"}
@@ -94,6 +99,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         except Exception as exc:  # a lost request: connection reset, timeout, ...
             rec.add(sent, f"error:{type(exc).__name__}")
 
+    sent = 0
     if args.rate:
         # Open loop: requests leave on schedule whatever the server does (bounded by --max-outstanding).
         tasks: set[asyncio.Task[None]] = set()
@@ -104,9 +110,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             if len(tasks) >= args.max_outstanding:
                 rec.add(due, "client-limit")
             else:
-                task = asyncio.create_task(one(due))
+                task = asyncio.create_task(one(time.perf_counter() if args.from_send else due))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
+                sent += rec.start <= time.perf_counter() <= rec.end
             i += 1
         await asyncio.gather(*tasks)
     else:
@@ -122,6 +129,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     ok = rec.outcomes.get("200", 0)
     return {
         "rps": ok / args.duration,
+        "sent_rps": sent / args.duration if args.rate else None,
         "p50_ms": float(np.percentile(lat, 50)) if ok else None,
         "p90_ms": float(np.percentile(lat, 90)) if ok else None,
         "p99_ms": float(np.percentile(lat, 99)) if ok else None,
@@ -157,6 +165,8 @@ async def make_sender(args: argparse.Namespace, x: np.ndarray) -> Any:
         connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=args.timeout)
     )
     url = f"{args.url}/v2/models/{args.model}/infer"
+    if args.protocol == "torchserve":
+        url = f"{args.url}/predictions/{args.model}"
 
     async def send_http() -> str:
         async with session.post(url, data=body, headers=headers) as resp:
@@ -176,6 +186,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=1, help="closed loop: requests in flight")
     p.add_argument("--rate", type=float, default=0, help="open loop: requests per second (overrides concurrency)")
     p.add_argument("--max-outstanding", type=int, default=2000, help="open loop: client-side cap")
+    p.add_argument("--from-send", action="store_true", help="open loop: latency from the actual send time")
     p.add_argument("--duration", type=float, default=5.0, help="measured seconds")
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")
     p.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, seconds")

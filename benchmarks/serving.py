@@ -92,6 +92,10 @@ class Node:
                 raise RuntimeError("dlinfer-core did not become ready")
             time.sleep(0.1)
 
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(60)
@@ -102,8 +106,9 @@ def run_json(cmd: list[str]) -> dict[str, Any]:
     return orjson.loads(out.stdout.strip().splitlines()[-1])
 
 
-def loadgen(node: Node, model: str, shape: str, protocol: str, args: argparse.Namespace, **extra: Any) -> dict:
-    url = f"127.0.0.1:{node.grpc}" if protocol == "grpc" else node.url
+def loadgen(node: Any, model: str, shape: str, protocol: str, args: argparse.Namespace, **extra: Any) -> dict:
+    """One load-generator run against ``node`` (anything with ``http``, ``grpc`` ports and ``pid``)."""
+    url = f"127.0.0.1:{node.grpc}" if protocol == "grpc" else f"http://127.0.0.1:{node.http}"
     cmd = [
         str(HERE / "loadgen.py"),
         f"--url={url}",
@@ -112,29 +117,36 @@ def loadgen(node: Node, model: str, shape: str, protocol: str, args: argparse.Na
         f"--protocol={protocol}",
         f"--duration={args.duration}",
         f"--warmup={args.warmup}",
-        f"--server-pid={node.proc.pid}",
+        f"--server-pid={node.pid}",
     ]
-    cmd += [f"--{k.replace('_', '-')}={v}" for k, v in extra.items()]
+    cmd += [f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}") for k, v in extra.items()]
     return run_json(cmd)
 
 
 def ceiling(model_file: Path, shape: str, concurrency: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Best in-process figure: sessions using every core, or one core, called from ``concurrency`` threads."""
+    """The runtime's best in-process throughput with at most ``concurrency`` callers.
+
+    One caller on a session using every core, or (with two or more callers allowed)
+    one thread per core each calling a one-thread session: more callers than cores
+    only oversubscribe them.
+    """
+    cores = os.cpu_count() or 1
     best: dict[str, Any] = {}
-    for threads in (0, 1):
+    configs = [(0, 1)] + ([(1, min(concurrency, cores))] if concurrency > 1 else [(1, 1)])
+    for threads, callers in configs:
         r = run_json(
             [
                 str(HERE / "inprocess.py"),
                 f"--model={model_file}",
                 f"--shape={shape}",
                 f"--threads={threads}",
-                f"--concurrency={concurrency}",
+                f"--concurrency={callers}",
                 f"--duration={args.duration}",
                 f"--warmup={args.warmup}",
             ]
         )
         if r["rps"] > best.get("rps", 0):
-            best = {**r, "threads": threads or os.cpu_count()}
+            best = {**r, "threads": threads or cores, "callers": callers}
     return best
 
 
@@ -157,6 +169,8 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--no-overload", action="store_true")
+    p.add_argument("--peers", default="", help="also run these peers: mlserver,torchserve (own venvs)")
+    p.add_argument("--venv-dir", type=Path, default=Path.home() / ".cache" / "dlinfer-bench", help="peer venvs")
     p.add_argument("--json", type=Path, help="also write every result here")
     args = p.parse_args()
     models = args.models.split(",")
@@ -174,10 +188,15 @@ def main() -> None:
                 (repo / f"{m}_{v}" / "1").mkdir(parents=True)
                 shutil.copy(files[m], repo / f"{m}_{v}" / "1" / "model.onnx")
                 (repo / f"{m}_{v}" / "config.toml").write_text(tomli_w.dumps(cfg))
-        points = [(m, c) for m in models for c in concs]
+        # With two or more callers the ceiling is the same whatever the concurrency: measure it once.
+        points = [(m, c) for m in models for c in sorted({min(c, 2) for c in concs})]
+        measured = {}
         for m, c in tqdm(points, desc="in-process ceiling"):
             shape = ",".join(map(str, (1, *SHAPES[m])))
-            results["ceiling"].append({"model": m, "concurrency": c, **ceiling(files[m], shape, c, args)})
+            measured[(m, c)] = ceiling(files[m], shape, c, args)
+        for m in models:
+            for c in concs:
+                results["ceiling"].append({"model": m, "concurrency": c, **measured[(m, min(c, 2))]})
         node = Node(repo, folder)
         try:
             runs = [(m, c, pr, v) for m in models for c in concs for pr in protocols for v in variants]
@@ -193,26 +212,80 @@ def main() -> None:
                         default=0,
                     ) or max(r["rps"] for r in results["serving"] if r["model"] == m)
                     pr = "binary" if "binary" in protocols else protocols[0]
-                    r = loadgen(node, f"{m}_overload", shape, pr, args, rate=2 * cap)
+                    r = loadgen(node, f"{m}_overload", shape, pr, args, rate=2 * cap, from_send=True)
                     results["overload"].append(
                         {"model": m, "protocol": pr, "capacity_rps": cap, "offered_rps": 2 * cap, **r}
                     )
         finally:
             node.stop()
+        peers = [x for x in args.peers.split(",") if x]
+        if peers:
+            run_peers(peers, models, concs, files, folder, args, results)
     report(results, args)
     if args.json:
         args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+
+
+def run_peers(
+    peers: list[str],
+    models: list[str],
+    concs: list[int],
+    files: dict[str, Path],
+    folder: Path,
+    args: argparse.Namespace,
+    results: dict[str, Any],
+) -> None:
+    """MLServer and TorchServe on the same models, same load, same machine."""
+    import peers as pm
+
+    def drive(server: Any, variant: str, names: dict[str, str], protocols: list[str]) -> None:
+        try:
+            for m in models:
+                shape = ",".join(map(str, (1, *SHAPES[m])))
+                for c in concs:
+                    for pr in protocols:
+                        r = loadgen(server, names[m], shape, pr, args, concurrency=c)
+                        results["serving"].append(
+                            {"model": m, "concurrency": c, "protocol": pr, "variant": variant, **r}
+                        )
+        finally:
+            server.stop()
+
+    if "mlserver" in peers:
+        bin_dir = pm.ensure_venv(args.venv_dir, "mlserver", pm.MLSERVER_PACKAGES)
+        for batching in (False, True):
+            variant = "mlserver-batched" if batching else "mlserver"
+            with tqdm(total=1, desc=variant) as bar:
+                spec = {m: (files[m], batching) for m in models}
+                server = pm.MLServer(bin_dir, folder / variant, spec, threads=os.cpu_count() or 1)
+                drive(server, variant, {m: m for m in models}, ["json", "grpc"])
+                bar.update()
+    if "torchserve" in peers:
+        bin_dir = pm.ensure_venv(args.venv_dir, "torchserve", pm.TORCHSERVE_PACKAGES, pm.torch_site_packages())
+        pts = {m: (pm.torchscript(m, folder / "ts" / f"{m}.pt"), SHAPES[m]) for m in models}
+        configs = {
+            "torchserve-default": {"workers": None},
+            "torchserve-2w1t": {"workers": 2, "omp_threads": 1},
+            "torchserve-batched": {"workers": 1, "batch_size": 8},
+        }
+        for variant, kw in tqdm(configs.items(), desc="torchserve"):
+            server = pm.TorchServe(bin_dir, folder / variant, pts, **kw)
+            drive(server, variant, {m: m for m in models}, ["torchserve"])
 
 
 def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     ceil = {(r["model"], r["concurrency"]): r for r in results["ceiling"]}
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}")
     print(f"command: python benchmarks/serving.py {' '.join(sys.argv[1:])}\n")
-    print("In-process ceiling (same runtime and session settings, batch 1, N threads):\n")
+    print("In-process ceiling (same runtime and session settings, batch 1, best of 1 caller x all cores")
+    print("and one caller per core x 1 thread, callers <= c):\n")
     print(
         table(
-            ["model", "c", "inf/s", "CPU ms/inf", "session threads"],
-            [[r["model"], r["concurrency"], r["rps"], r["cpu_ms_per_inf"], r["threads"]] for r in results["ceiling"]],
+            ["model", "c", "inf/s", "CPU ms/inf", "session threads", "callers"],
+            [
+                [r["model"], r["concurrency"], r["rps"], r["cpu_ms_per_inf"], r["threads"], r["callers"]]
+                for r in results["ceiling"]
+            ],
         )
     )
     print("\ndlinfer (batch-1 requests, closed loop):\n")
@@ -241,16 +314,49 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
             rows,
         )
     )
+    best: dict[tuple[str, int, str], dict[str, Any]] = {}
+    for r in results["serving"]:
+        key = (r["model"], r["concurrency"], "dlinfer" if r["variant"] in VARIANTS else r["variant"].split("-")[0])
+        if r["rps"] > best.get(key, {}).get("rps", -1):
+            best[key] = r
+    families = sorted({k[2] for k in best} - {"dlinfer"})
+    if families:
+        print("\nBest of each server (any protocol and variant), and dlinfer's ratio to it:\n")
+        rows = []
+        for m, c in sorted({(k[0], k[1]) for k in best}):
+            d = best.get((m, c, "dlinfer"))
+            row: list[Any] = [m, c, f"{d['rps']:.0f} ({d['variant']}, {d['protocol']})" if d else "-"]
+            for fam in families:
+                o = best.get((m, c, fam))
+                row.append(f"{o['rps']:.0f} ({o['variant']}, {o['protocol']})" if o else "-")
+                row.append(f"{d['rps'] / o['rps']:.1f}x" if d and o and o["rps"] else "-")
+            rows.append(row)
+        header = ["model", "c", "dlinfer req/s"]
+        for fam in families:
+            header += [f"{fam} req/s", f"dlinfer / {fam}"]
+        print(table(header, rows))
     if results["overload"]:
-        print("\nOverload (open loop at 2x the capacity of `batched`, queue limit 16):\n")
+        print("\nOverload (open loop at 2x the capacity of `batched`, queue limit 16; latency of admitted")
+        print("requests from the moment each was sent):\n")
         rows = []
         for r in results["overload"]:
             o = r["outcomes"]
             lost = sum(n for k, n in o.items() if k not in ("200", "429", "503"))
             rows.append(
-                [r["model"], r["protocol"], r["offered_rps"], r["rps"], o.get("429", 0), lost, r["p50_ms"], r["p99_ms"]]
+                [
+                    r["model"],
+                    r["protocol"],
+                    r["offered_rps"],
+                    r["sent_rps"],
+                    r["rps"],
+                    o.get("429", 0) / args.duration,
+                    lost,
+                    r["p50_ms"],
+                    r["p99_ms"],
+                ]
             )
-        print(table(["model", "protocol", "offered/s", "answered/s", "429", "lost", "p50 ms", "p99 ms"], rows))
+        header = ["model", "protocol", "offered/s", "sent/s", "200/s", "429/s", "lost", "p50 ms", "p99 ms"]
+        print(table(header, rows))
 
 
 if __name__ == "__main__":
