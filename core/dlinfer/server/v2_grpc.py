@@ -177,7 +177,6 @@ def _rpc(message: type) -> Callable[[Handler], Handler]:
                 err = DlinferError(f"internal error: {type(exc).__name__}: {exc}")
             await context.abort(grpc.StatusCode[err.grpc_code], err.message)
 
-        wrapper.message = message  # type: ignore[attr-defined]
         return wrapper
 
     return decorate
