@@ -29,6 +29,7 @@ BUILTIN_PLUGINS = (
     "dlinfer.server.v2_http",
     "dlinfer.server.v2_grpc",
     "dlinfer.server.openapi",
+    "dlinfer.server.console",
     "dlinfer.server.metrics",
 )
 

@@ -1,21 +1,16 @@
-"""Built-in plugin: the node's OpenAPI 3.1 document and the operator console.
+"""Built-in plugin: the node's OpenAPI 3.1 document.
 
 The document is assembled from the loaded plugins: each one that adds routes
 in ``dlinfer_routes`` describes them in ``dlinfer_openapi``. It is built once
 per application, on first request, and served at ``GET /v2/-/openapi.json``;
 ``dlinfer-core openapi`` prints it. :func:`undescribed_routes` lists routes
-that no plugin described (the test suite requires it to be empty).
-
-The console is a static page shipped as package data (``dlinfer/server/console``)
-at ``GET /-/console``; ``GET /`` redirects there. It reads everything it shows
-from the public API, including this document (to learn which optional
-endpoints exist and whether model control is enabled).
+that no plugin described (the test suite requires it to be empty). The helpers
+below build the pieces describers need most.
 """
 
 from __future__ import annotations
 
 import copy
-from importlib import resources
 from typing import Any
 
 import orjson
@@ -27,9 +22,6 @@ from .app import PLUGINS
 
 OPENAPI_VERSION = "3.1.0"
 SPEC_PATH = "/v2/-/openapi.json"
-CONSOLE_PATH = "/-/console"
-#: Files of the console a browser may fetch, with their content types.
-CONSOLE_ASSETS = {"console.js": "text/javascript", "console.css": "text/css"}
 
 #: Holds the built document; a dict because the application is frozen once it runs.
 _CACHE = web.AppKey("openapi_cache", dict)
@@ -137,25 +129,6 @@ async def get_openapi(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
-def _console_file(name: str) -> bytes:
-    return resources.files("dlinfer.server").joinpath("console", name).read_bytes()
-
-
-async def get_console(request: web.Request) -> web.Response:
-    return web.Response(body=_console_file("index.html"), content_type="text/html", charset="utf-8")
-
-
-async def get_console_asset(request: web.Request) -> web.Response:
-    name = request.match_info["asset"]
-    if name not in CONSOLE_ASSETS:
-        raise web.HTTPNotFound()
-    return web.Response(body=_console_file(name), content_type=CONSOLE_ASSETS[name], charset="utf-8")
-
-
-async def get_root(request: web.Request) -> web.Response:
-    raise web.HTTPFound(CONSOLE_PATH)
-
-
 # ---------------------------------------------------------------------------------- hooks
 
 
@@ -163,63 +136,15 @@ async def get_root(request: web.Request) -> web.Response:
 def dlinfer_routes(app: web.Application, repository: Any) -> None:
     app[_CACHE] = {}
     app.router.add_get(SPEC_PATH, get_openapi)
-    app.router.add_get("/", get_root)
-    app.router.add_get(CONSOLE_PATH, get_console)
-    app.router.add_get(CONSOLE_PATH + "/{asset}", get_console_asset)
 
 
 @hookimpl
 def dlinfer_openapi(spec: dict[str, Any], app: web.Application) -> None:
-    html = {"text/html": {"schema": {"type": "string"}}}
-    spec["paths"].update(
-        {
-            SPEC_PATH: {
-                "get": {
-                    "summary": "This document",
-                    "operationId": "openapi",
-                    "tags": ["meta"],
-                    "responses": {"200": json_response("the OpenAPI 3.1 document of this node", {"type": "object"})},
-                }
-            },
-            "/": {
-                "get": {
-                    "summary": "Redirect to the operator console",
-                    "operationId": "root",
-                    "tags": ["console"],
-                    "responses": {
-                        "302": {
-                            "description": "to the console",
-                            "headers": {"Location": {"schema": {"type": "string", "const": CONSOLE_PATH}}},
-                        }
-                    },
-                }
-            },
-            CONSOLE_PATH: {
-                "get": {
-                    "summary": "The operator console (HTML)",
-                    "operationId": "console",
-                    "tags": ["console"],
-                    "responses": {"200": {"description": "the console page", "content": html}},
-                }
-            },
-            CONSOLE_PATH + "/{asset}": {
-                "get": {
-                    "summary": "A script or style sheet of the console",
-                    "operationId": "consoleAsset",
-                    "tags": ["console"],
-                    "parameters": [
-                        {"name": "asset", "in": "path", "required": True, "schema": {"enum": sorted(CONSOLE_ASSETS)}}
-                    ],
-                    "responses": {
-                        "200": {
-                            "description": "the file",
-                            "content": {
-                                ct: {"schema": {"type": "string"}} for ct in sorted(set(CONSOLE_ASSETS.values()))
-                            },
-                        },
-                        "404": not_found("asset"),
-                    },
-                }
-            },
+    spec["paths"][SPEC_PATH] = {
+        "get": {
+            "summary": "This document",
+            "operationId": "openapi",
+            "tags": ["meta"],
+            "responses": {"200": json_response("the OpenAPI 3.1 document of this node", {"type": "object"})},
         }
-    )
+    }
