@@ -140,8 +140,11 @@ def _export(
         return ConvertResult(dst, notes=tuple(notes))
     if any(t.datatype == "BYTES" for t in sig.inputs):
         return ConvertResult(dst, notes=(*notes, "not validated: string inputs have no random sample"))
-    fixed = [t if dynamic_batch else TensorSpec(t.name, t.datatype, (1, *t.shape[1:])) for t in sig.inputs]
-    feed = sample_inputs(fixed)
+    specs_used = [
+        TensorSpec(t.name, t.datatype, (1, *t.shape[1:])) if not dynamic_batch and t.shape[:1] == (-1,) else t
+        for t in sig.inputs
+    ]
+    feed = sample_inputs(specs_used)
     expected = sig.call(feed)
     actual = run_onnx(dst, feed)
     cmp = compare_outputs(expected, actual, atol=atol, rtol=rtol)
