@@ -15,7 +15,7 @@ import attrs
 import numpy as np
 
 from .datatypes import V2_TO_NUMPY
-from .settings import _Invalid, build, in_range, one_of
+from .settings import _Invalid, build, in_range, one_of, setting
 
 if TYPE_CHECKING:
     from .config import NodeConfig
@@ -41,9 +41,11 @@ class TensorConfig:
     ``shape`` excludes the batch dimension when ``max_batch_size > 0`` (as in Triton).
     """
 
-    name: str
-    datatype: str = attrs.field(validator=one_of(*V2_TO_NUMPY))
-    shape: tuple[int, ...] = attrs.field(default=())
+    name: str = setting(help="Tensor name, as the model file calls it.")
+    datatype: str = setting(help="V2 datatype, e.g. `FP32`, `INT64`, `BYTES`.", validator=one_of(*V2_TO_NUMPY))
+    shape: tuple[int, ...] = setting(
+        (), "Dimensions, `-1` for any size; without the batch dimension when `max_batch_size > 0`."
+    )
 
     @shape.validator
     def _check_shape(self, _attr: attrs.Attribute, value: tuple[int, ...]) -> None:
@@ -55,9 +57,9 @@ class TensorConfig:
 class VersionPolicy:
     """Which versions of a model to serve: exactly one of the three keys."""
 
-    latest: int | None = attrs.field(default=None, validator=in_range(1))
-    all: bool = False
-    specific: tuple[int, ...] = ()
+    latest: int | None = setting(None, "Serve the N highest versions (default: 1).", validator=in_range(1))
+    all: bool = setting(False, "Serve every version on disk.")
+    specific: tuple[int, ...] = setting((), "Serve exactly these versions.")
 
     def __attrs_post_init__(self) -> None:
         chosen = sum([self.latest is not None, self.all, bool(self.specific)])
@@ -78,8 +80,12 @@ class VersionPolicy:
 class DynamicBatching:
     """``[dynamic_batching]``: how the scheduler merges requests."""
 
-    preferred_batch_size: tuple[int, ...] = ()
-    max_queue_delay_us: int = attrs.field(default=0, validator=in_range(0))
+    preferred_batch_size: tuple[int, ...] = setting(
+        (), "Batch sizes the batcher aims for; it runs a batch as soon as it reaches one."
+    )
+    max_queue_delay_us: int = setting(
+        0, "How long a request may wait for others to join its batch.", validator=in_range(0)
+    )
 
 
 @attrs.frozen
@@ -95,12 +101,14 @@ class OptimizeTolerance:
     along the last axis.
     """
 
-    atol: float = attrs.field(default=1e-5, validator=in_range(0, kind="a number"))
-    rtol: float = attrs.field(default=1e-5, validator=in_range(0, kind="a number"))
-    #: Classifiers: also require the same top-1 class for every sample row.
-    top1: bool = False
-    #: Relative error per element (``rtol * |e|``) instead of against the output's scale.
-    elementwise: bool = False
+    atol: float = setting(1e-5, "Absolute tolerance.", validator=in_range(0, kind="a number"))
+    rtol: float = setting(
+        1e-5, "Relative tolerance, against each output's largest magnitude.", validator=in_range(0, kind="a number")
+    )
+    top1: bool = setting(False, "Classifiers: also require the same top-1 class for every sample row.")
+    elementwise: bool = setting(
+        False, "Relative error per element (`rtol * |e|`, as numpy.allclose) instead of against the output's scale."
+    )
 
 
 @attrs.frozen
@@ -108,40 +116,52 @@ class ModelConfig:
     """A model's ``config.toml``. Every key is optional: loaders read what they
     can from the model file itself."""
 
-    name: str = ""
-    #: Format claimed by a loader (onnx, torchscript, savedmodel, ...); empty: detect.
-    format: str = ""
-    #: 0: the model does not batch. Absent: detected (batching if every input's
-    #: first dimension is dynamic, capped by the node's limits.max_batch_size).
-    max_batch_size: int | None = attrs.field(default=None, validator=in_range(0))
-    input: tuple[TensorConfig, ...] = ()
-    output: tuple[TensorConfig, ...] = ()
-    version_policy: VersionPolicy = VersionPolicy()
-    instance_count: int = attrs.field(default=1, validator=in_range(1, 64))
-    #: Intra-op threads for this model; 0: the node's [threads] setting.
-    threads: int = attrs.field(default=0, validator=in_range(0, 1024))
-    device: str = "cpu"
-    timeout_ms: int = attrs.field(default=0, validator=in_range(0))
-    max_queue_size: int | None = attrs.field(default=None, validator=in_range(1))
-    dynamic_batching: DynamicBatching | None = None
-    #: Optimizers (``dlinfer_optimizers``) applied in order after loading; each step is
-    #: checked against the original model on sample inputs and dropped if it drifts.
-    optimize: tuple[str, ...] = ()
-    #: The numerics gate of the ``optimize`` pipeline (f32 default: 1e-5 absolute plus 1e-5 of
-    #: each output's scale).
-    optimize_tolerance: OptimizeTolerance = OptimizeTolerance()
-    #: ``[optimize_options.<optimizer>]`` tables: each optimizer's own settings; ``atol``,
-    #: ``rtol``, ``top1`` and ``elementwise`` there override ``optimize_tolerance`` for that step.
-    optimize_options: dict[str, dict[str, Any]] = attrs.field(factory=dict)
-    #: Folder (inside the model's folder) of ``*.npz`` sample inputs for the gate and for
-    #: calibration; empty: random inputs generated from the model's input specs.
-    optimize_samples: str = ""
-    preprocess: tuple[str, ...] = ()
-    postprocess: tuple[str, ...] = ()
-    #: Let the loader unpickle files. Needs repository.allow_pickle in node.toml too.
-    allow_pickle: bool = False
-    #: Backend-specific settings, documented by each loader plugin.
-    parameters: dict[str, Any] = attrs.field(factory=dict)
+    name: str = setting("", "Must equal the model's folder name when given.")
+    format: str = setting(
+        "",
+        "Loader format (`onnx`, `torchscript`, `savedmodel`, `keras`, `caffe`, ...); empty: detected from the files.",
+    )
+    max_batch_size: int | None = setting(
+        None,
+        "`0`: no batch dimension. Absent: batching when every input's first dimension is dynamic, up to the "
+        "node's `limits.max_batch_size`.",
+        validator=in_range(0),
+    )
+    input: tuple[TensorConfig, ...] = setting((), "Inputs; checked against the model file at load.")
+    output: tuple[TensorConfig, ...] = setting((), "Outputs; checked against the model file at load.")
+    version_policy: VersionPolicy = setting(VersionPolicy(), "Which versions to serve.")
+    instance_count: int = setting(1, "Parallel executions of this model.", validator=in_range(1, 64))
+    threads: int = setting(0, "Intra-op threads for this model; `0`: the node's setting.", validator=in_range(0, 1024))
+    device: str = setting("cpu", "Where the backend runs it, e.g. `cpu` or `cuda:0`.")
+    timeout_ms: int = setting(
+        0, "Per-request deadline; `0`: none. A request's `timeout` parameter (µs) overrides it.", validator=in_range(0)
+    )
+    max_queue_size: int | None = setting(
+        None, "Queue bound for this model; absent: the node's `limits.max_queue_size`.", validator=in_range(1)
+    )
+    dynamic_batching: DynamicBatching | None = setting(None, "Merge concurrent requests into batches.")
+    optimize: tuple[str, ...] = setting(
+        (),
+        "Optimizers (`dlinfer_optimizers`) applied in order after loading; each step is checked against the "
+        "original model on sample inputs and dropped if it drifts.",
+    )
+    optimize_tolerance: OptimizeTolerance = setting(OptimizeTolerance(), "The numerics gate of `optimize`.")
+    optimize_options: dict[str, dict[str, Any]] = setting(
+        attrs.Factory(dict),
+        "`[optimize_options.<optimizer>]`: each optimizer's own settings; `atol`, `rtol`, `top1` and "
+        "`elementwise` there override `optimize_tolerance` for that step.",
+    )
+    optimize_samples: str = setting(
+        "",
+        "Folder (inside the model's folder) of `*.npz` sample inputs for the gate and for calibration; "
+        "empty: random inputs generated from the input specs.",
+    )
+    preprocess: tuple[str, ...] = setting((), "Processors (`dlinfer_processors`) run on the request's tensors.")
+    postprocess: tuple[str, ...] = setting((), "Processors run on the model's outputs.")
+    allow_pickle: bool = setting(
+        False, "Let the loader unpickle files; needs `repository.allow_pickle` in node.toml too."
+    )
+    parameters: dict[str, Any] = setting(attrs.Factory(dict), "Backend-specific settings, documented by each backend.")
 
 
 def model_config_from_dict(data: dict[str, Any], source: str | Path) -> ModelConfig:
