@@ -11,9 +11,9 @@ Usage::
    contents over gRPC) runs against the node and against the gateway at
    concurrency 1 and 16, for a tiny model (``linear``: protocol cost dominates,
    the worst case for a proxy) and a small CNN.
-2. Scaling: three nodes each serving a CPU-bound model with one thread; the
-   gateway (least outstanding requests) in front of 1, 2 and 3 of them, load at
-   concurrency 16.
+2. Scaling: three nodes each serving a CPU-bound model with one thread; three
+   gateways (least outstanding requests) in front of 1, 2 and 3 of them, and the
+   first node direct, measured in alternating rounds at concurrency 16.
 
 Every process runs on the same cores; the CPU milliseconds per request of the
 node(s) and of the gateway (from /proc) are reported beside req/s.
@@ -166,6 +166,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds per point; medians are reported")
     p.add_argument("--scaling-model", default="mnv2", choices=sorted(SHAPES))
     p.add_argument("--protocols", default="binary,grpc", help="overhead protocols: binary (HTTP), grpc")
+    p.add_argument("--parts", default="overhead,scaling", help="which parts to run")
     p.add_argument("--json", type=Path, help="write the raw results here")
     args = p.parse_args()
     from dlinfer.testing import onnx_linear_model
@@ -181,37 +182,10 @@ def main() -> None:
         shapes = {"linear": "1,64", **{m: "1," + ",".join(map(str, SHAPES[m])) for m in SHAPES}}
         nodes = [node(root / f"node{i}", repo) for i in (1, 2, 3)]
         try:
-            gw = gateway(root / "gw1", nodes[:1], "least_outstanding")
-            points = [(pr, m, c) for pr in args.protocols.split(",") for m in ("linear", "cnn") for c in (1, 16)]
-            for pr, m, c in tqdm(points, desc="overhead"):
-                n0, pids = nodes[0].proc.pid, {"node": [nodes[0].proc.pid], "gw": [gw.proc.pid]}
-                grpc = pr == "grpc"
-                direct, via = alternated(
-                    [
-                        (nodes[0].grpc if grpc else nodes[0].url, {"node": [n0]}),
-                        (gw.grpc if grpc else gw.url, pids),
-                    ],
-                    m,
-                    shapes[m],
-                    c,
-                    args,
-                    pr,
-                )
-                results["overhead"].append(
-                    {"protocol": pr, "model": m, "concurrency": c, "direct": direct, "gateway": via}
-                )
-            gw.stop()
-            m = args.scaling_model
-            base = measured(nodes[0].url, m, shapes[m], 16, args, {"node": [nodes[0].proc.pid]}, "binary")
-            results["scaling"].append({"nodes": "1 direct", **base})
-            for n in tqdm((1, 2, 3), desc="scaling"):
-                g = gateway(root / f"gws{n}", nodes[:n], "least_outstanding")
-                try:
-                    pids = {"node": [x.proc.pid for x in nodes[:n]], "gw": [g.proc.pid]}
-                    point = measured(g.url, m, shapes[m], 16, args, pids, "binary")
-                    results["scaling"].append({"nodes": str(n), **point})
-                finally:
-                    g.stop()
+            if "overhead" in args.parts:
+                overhead(nodes, root, shapes, args, results)
+            if "scaling" in args.parts:
+                scaling(nodes, root, shapes, args, results)
         finally:
             for n in nodes:
                 n.stop()
@@ -220,10 +194,52 @@ def main() -> None:
         args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
 
 
+def overhead(
+    nodes: list[Process], root: Path, shapes: dict[str, str], args: argparse.Namespace, results: dict[str, Any]
+) -> None:
+    gw = gateway(root / "gw1", nodes[:1], "least_outstanding")
+    try:
+        points = [(pr, m, c) for pr in args.protocols.split(",") for m in ("linear", "cnn") for c in (1, 16)]
+        for pr, m, c in tqdm(points, desc="overhead"):
+            n0, pids = nodes[0].proc.pid, {"node": [nodes[0].proc.pid], "gw": [gw.proc.pid]}
+            grpc = pr == "grpc"
+            direct, via = alternated(
+                [(nodes[0].grpc if grpc else nodes[0].url, {"node": [n0]}), (gw.grpc if grpc else gw.url, pids)],
+                m,
+                shapes[m],
+                c,
+                args,
+                pr,
+            )
+            results["overhead"].append({"protocol": pr, "model": m, "concurrency": c, "direct": direct, "gateway": via})
+    finally:
+        gw.stop()
+
+
+def scaling(
+    nodes: list[Process], root: Path, shapes: dict[str, str], args: argparse.Namespace, results: dict[str, Any]
+) -> None:
+    """Direct and via gateways over 1, 2 and 3 nodes, all started at once and measured in alternating rounds."""
+    m = args.scaling_model
+    gateways = [gateway(root / f"gws{n}", nodes[:n], "least_outstanding") for n in (1, 2, 3)]
+    try:
+        targets = [(nodes[0].url, {"node": [nodes[0].proc.pid]})]
+        targets += [
+            (g.url, {"node": [x.proc.pid for x in nodes[:n]], "gw": [g.proc.pid]}) for n, g in enumerate(gateways, 1)
+        ]
+        medians = alternated(targets, m, shapes[m], 16, args, "binary")
+        for label, point in zip(("1 direct", "1", "2", "3"), medians, strict=True):
+            results["scaling"].append({"nodes": label, **point})
+    finally:
+        for g in gateways:
+            g.stop()
+
+
 def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     machine = platform.processor() or platform.machine()
     print(f"machine: {machine}, {os.cpu_count()} cores; python {platform.python_version()}")
     rows = []
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} (1 min)")
     for r in results["overhead"]:
         d, g = r["direct"], r["gateway"]
         rows.append(
@@ -246,6 +262,8 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     header = ["protocol", "model", "conc", "direct req/s", "gw req/s", "gw % direct"]
     header += ["direct p50 ms", "gw p50 ms", "added p50 ms"]
     print(table([*header, "node cpu ms/req direct", "node cpu ms/req via gw", "gw cpu ms/req"], rows))
+    if not results["scaling"]:
+        return
     base = results["scaling"][1]["rps"] if len(results["scaling"]) > 1 else None
     rows = [
         [

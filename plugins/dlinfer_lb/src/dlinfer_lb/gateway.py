@@ -81,11 +81,18 @@ class Gateway:
                 raise ConfigError(f"{self.config.source}: {key}: unknown strategy {name!r}; installed: {choices}")
 
     def route(self, model: str) -> Route:
+        """The model's policy and strategy, made on its first request. A model no
+        node knows gets none (404), so client-chosen names cannot grow this table."""
         route = self._routes.get(model)
         if route is None:
+            if not self.membership.knows(model):
+                raise self.proxy.no_candidate(model, None)
             policy = policy_for(self.settings, model)
             route = self._routes[model] = Route(policy, make_strategy(self.strategies[policy.strategy], policy))
         return route
+
+    def has_route(self, model: str) -> bool:
+        return model in self._routes
 
     # ------------------------------------------------------------ node pools
 
@@ -230,12 +237,14 @@ def make_strategy(cls: type, policy: RoutePolicy) -> Any:
 async def _close_when_idle(node: Node, channel: Any = None, grace_s: float = 30.0) -> None:
     """Close a removed node's pools once its in-flight requests finished."""
     until = time.monotonic() + grace_s
-    while node.outstanding and time.monotonic() < until:
-        await asyncio.sleep(0.05)
-    if node.session is not None:
-        await node.session.close()
-    if channel is not None:
-        await channel.close()
+    try:
+        while node.outstanding and time.monotonic() < until:
+            await asyncio.sleep(0.05)
+    finally:  # also when the gateway stops meanwhile
+        if node.session is not None:
+            await node.session.close()
+        if channel is not None:
+            await channel.close()
 
 
 GATEWAY = web.AppKey("lb_gateway", Gateway)
@@ -259,7 +268,8 @@ async def _forward(request: web.Request, body: bytes | None = None) -> web.Strea
         code = str(exc.http_status)
         raise
     finally:
-        gw.metrics.requests.labels(model, code).inc()
+        # Only models that have a route get their own series: client-chosen names must not grow /metrics.
+        gw.metrics.requests.labels(model if gw.has_route(model) else "", code).inc()
 
 
 @routes.get("/v2")

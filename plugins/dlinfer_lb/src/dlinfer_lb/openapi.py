@@ -27,6 +27,7 @@ SCHEMAS: dict[str, Any] = {
         "required": ["url", "healthy"],
         "properties": {
             "url": {"type": "string"},
+            "grpc": {"type": "string", "description": "host:port of the node's gRPC service; empty: HTTP only"},
             "weight": {"type": "integer"},
             "sources": {"type": "array", "items": {"type": "string"}, "description": "node file, registration, ..."},
             "healthy": {"type": "boolean"},
@@ -61,6 +62,7 @@ SCHEMAS: dict[str, Any] = {
         "required": ["url"],
         "properties": {
             "url": {"type": "string", "description": "the node's HTTP base address"},
+            "grpc": {"type": "string", "description": "host:port of the node's gRPC service (optional)"},
             "weight": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1},
             "ttl_s": {"type": "number", "minimum": 0, "maximum": 3600, "default": 15, "description": "0 deregisters"},
         },

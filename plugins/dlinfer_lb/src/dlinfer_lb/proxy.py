@@ -39,6 +39,7 @@ HOP_BY_HOP = frozenset(
         "trailers",
         "transfer-encoding",
         "upgrade",
+        "expect",
         "host",
         "content-length",
     }
