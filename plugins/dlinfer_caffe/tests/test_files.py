@@ -133,3 +133,18 @@ def test_syntax_errors_point_at_the_line_and_unsupported_layers() -> None:
     text = 'name: "x"\nlayer { name: "det" type: "DetectionOutput" detection_output_param { num_classes: 21 } }'
     with pytest.raises(ModelLoadError, match=r"cannot convert: 'det' \(DetectionOutput\); supported: BatchNorm"):
         parse_prototxt(text)
+
+
+def test_opset_choice(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    write_caffe_model(tmp_path, SMALL)
+    with pytest.raises(ModelLoadError, match="opset 13 or later, not 11"):
+        convert_files(tmp_path / "deploy.prototxt", tmp_path / "model.caffemodel", opset=11)
+    x = np.ones((1, 3, 8, 8), np.float32)
+    results = []
+    for opset in (13, 21):
+        model = convert_files(tmp_path / "deploy.prototxt", tmp_path / "model.caffemodel", opset=opset)
+        assert model.opset_import[0].version == opset
+        results.append(ort.InferenceSession(model.SerializeToString()).run(None, {"data": x})[0])
+    np.testing.assert_array_equal(*results)

@@ -5,7 +5,7 @@ ONNX Runtime runner; nothing is written into the model repository. Model config
 ``[parameters]`` are those of dlinfer-onnx (``graph_optimization_level``,
 ``providers``, ``allow_spinning``) plus:
 
-- ``opset``: the ONNX opset to convert to (default 13).
+- ``opset``: the ONNX opset to convert to (13 to 21, default 13).
 - ``transform``: Caffe's input preparation (mean, scale, crop, BGR order, image layout),
   run inside the graph; see :mod:`dlinfer_caffe.transform`.
 """
@@ -46,8 +46,8 @@ class CaffeLoader(Loader):
 
         prototxt, caffemodel = find_model_files(path)
         opset = config.parameters.get("opset")
-        if opset is not None and (not isinstance(opset, int) or not 7 <= opset <= 21):
-            raise ModelLoadError(f"parameters.opset must be an integer from 7 to 21, got {opset!r}")
+        if opset is not None and (not isinstance(opset, int) or not 13 <= opset <= 21):
+            raise ModelLoadError(f"parameters.opset must be an integer from 13 to 21, got {opset!r}")
         model = convert_files(prototxt, caffemodel, opset=opset)
         if "transform" in config.parameters:
             from .transform import parse_transform, prepend_transform

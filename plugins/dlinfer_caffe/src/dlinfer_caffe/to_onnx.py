@@ -22,7 +22,7 @@ from .layers import RULES, Rule, Shape, supported_types
 from .proto import caffe_pb2
 from .reader import blob_array, blob_shape, inference_layers
 
-DEFAULT_OPSET = 13
+DEFAULT_OPSET = MIN_OPSET = 13
 
 #: Supplies a layer's trained blobs, given the layer, its rule and its input shapes.
 BlobSource = Callable[[caffe_pb2.LayerParameter, Rule, list[Shape]], list[np.ndarray]]
@@ -123,12 +123,14 @@ def convert_net(
     *,
     opset: int | None = None,
     dynamic_batch: bool = True,
-    progress: Callable[[str], None] | None = None,
 ) -> Any:
     """Convert a parsed network to an ``onnx.ModelProto``; raise ModelLoadError naming the layer on failure."""
     import onnx
     from onnx import TensorProto, helper
 
+    opset = opset or DEFAULT_OPSET
+    if opset < MIN_OPSET:
+        raise ModelLoadError(f"dlinfer-caffe converts to ONNX opset {MIN_OPSET} or later, not {opset}")
     layers = inference_layers(net)
     inputs = network_inputs(net, layers)
     compute = [layer for layer in layers if layer.type != "Input"]
@@ -153,8 +155,6 @@ def convert_net(
     shapes: dict[str, Shape] = dict(inputs)
 
     for i, layer in enumerate(compute):
-        if progress:
-            progress(layer.name)
         rule = RULES[layer.type]
         where = f"layer {layer.name!r} ({layer.type})"
         for what, (lo, hi), have in (("bottoms", rule.bottoms, len(layer.bottom)), ("tops", rule.tops, len(layer.top))):
@@ -189,7 +189,7 @@ def convert_net(
             [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs],
             initializer=small,
         ),
-        opset_imports=[helper.make_opsetid("", opset or DEFAULT_OPSET)],
+        opset_imports=[helper.make_opsetid("", opset)],
         producer_name="dlinfer-caffe",
     )
     skeleton.ir_version = 8  # readable by every ONNX Runtime from 1.10 on
