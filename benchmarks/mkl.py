@@ -7,7 +7,8 @@ full-precision variants in process and records the fastest one that passes the f
 (1e-5 abs + 1e-5 rel against the model as loaded). Then one server serves, side by side,
 the model as loaded (eager torch / Keras through dlinfer-tf), the recorded variant and,
 for the CNNs, the opt-in bf16 variant (OpenVINO at bf16). Requests go one at a time
-over HTTP with binary tensors (tritonclient) at batch 1 and 8. Prints images/s, speed-up
+over HTTP with binary tensors (tritonclient) at batch 1 and 8, the variants of a model
+taking turns so that load from other processes hits them alike. Prints images/s, speed-up
 over the baseline, the server's CPU-ms per image (steadier than throughput on a shared
 machine) and the largest difference from the baseline's outputs.
 """
@@ -107,16 +108,27 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(fn: Any, seconds: float) -> tuple[float, float, int]:
-    """(median latency s, calls/s, calls) of ``fn`` back to back for ``seconds`` after one warm-up."""
-    fn()
-    lat = []
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < seconds or len(lat) < 3:
-        t = time.perf_counter()
-        fn()
-        lat.append(time.perf_counter() - t)
-    return float(np.median(lat)), len(lat) / (time.perf_counter() - t0), len(lat)
+def measure(fns: dict[str, Any], seconds: float, pid: int, rounds: int = 3) -> dict[str, tuple[float, float, float]]:
+    """Per variant: (median latency s, calls/s, server CPU-s per call), each called back to back.
+
+    The variants take turns (``rounds`` slices of ``seconds / rounds`` each) so that load
+    from other processes on a shared machine drifts over all of them alike.
+    """
+    for fn in fns.values():
+        fn()  # warm-up
+    lat: dict[str, list[float]] = {k: [] for k in fns}
+    busy = dict.fromkeys(fns, 0.0)
+    cpu = dict.fromkeys(fns, 0.0)
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            c0, t0 = cpu_seconds(pid), time.perf_counter()
+            while time.perf_counter() - t0 < seconds / rounds or not lat[k]:
+                t = time.perf_counter()
+                fn()
+                lat[k].append(time.perf_counter() - t)
+            busy[k] += time.perf_counter() - t0
+            cpu[k] += cpu_seconds(pid) - c0
+    return {k: (float(np.median(lat[k])), len(lat[k]) / busy[k], cpu[k] / len(lat[k])) for k in fns}
 
 
 def inputs_for(meta: dict[str, Any], batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -135,7 +147,7 @@ def inputs_for(meta: dict[str, Any], batch: int, rng: np.random.Generator) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=5.0, help="measuring time per variant and batch size")
+    parser.add_argument("--seconds", type=float, default=6.0, help="measuring time per variant and batch size")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="node threads.intra_op")
     args = parser.parse_args()
@@ -186,20 +198,19 @@ def main() -> None:
                         inp.set_data_from_numpy(arr, binary_data=True)
                         reqs.append(inp)
                     outs = [httpclient.InferRequestedOutput(out_name, binary_data=True)]
-                    base = None
+                    models = {v: f"{name}__{v}" for v, _ in plans[name]}
+                    got = {v: client.infer(m, reqs, outputs=outs).as_numpy(out_name) for v, m in models.items()}
+                    base = got["eager"].astype(np.float64)
+                    calls = {v: (lambda m=m, r=reqs, o=outs: client.infer(m, r, outputs=o)) for v, m in models.items()}
+                    timed = measure(calls, args.seconds, server.pid)
                     for variant, pipeline in plans[name]:
-                        model = f"{name}__{variant}"
-                        got = client.infer(model, reqs, outputs=outs).as_numpy(out_name)
-                        base = got if base is None else base
-                        diff = np.abs(got.astype(np.float64) - base)
-                        cpu0 = cpu_seconds(server.pid)
-                        lat, per_s, calls = measure(lambda m=model, r=reqs, o=outs: client.infer(m, r, outputs=o), args.seconds)
-                        cpu_ms = (cpu_seconds(server.pid) - cpu0) * 1e3 / ((calls + 1) * b)
+                        lat, per_s, cpu_s = timed[variant]
+                        diff = np.abs(got[variant] - base)
                         rows.append(
-                            (name, variant, "+".join(pipeline) or "-", b, lat * 1e3, per_s * b, cpu_ms, diff.max(),
-                             diff.max() / np.abs(base).max())
+                            (name, variant, "+".join(pipeline) or "-", b, lat * 1e3, per_s * b, cpu_s * 1e3 / b,
+                             diff.max(), diff.max() / np.abs(base).max())
                         )  # fmt: skip
-                        print(f"{model} b{b}: {lat * 1e3:.1f} ms, {per_s * b:.1f} img/s", file=sys.stderr, flush=True)
+                        print(f"{name}__{variant} b{b}: {lat * 1e3:.1f} ms", file=sys.stderr, flush=True)
         finally:
             server.terminate()
             server.wait(60)
@@ -225,7 +236,7 @@ def _report(rows: list[tuple], args: argparse.Namespace) -> None:
     print(
         f"\n{os.cpu_count()} CPUs, node threads.intra_op = {args.threads}, torch {torch.__version__}, "
         f"onnxruntime {onnxruntime.__version__}, openvino {openvino.__version__}; sequential requests, "
-        f"{args.seconds:g} s per cell\n"
+        f"{args.seconds:g} s per cell in 3 interleaved slices\n"
     )
     print(
         "| model | variant | pipeline | batch | latency ms | images/s | speed-up | server CPU-ms/image "
