@@ -7,6 +7,8 @@ only independent Caffe implementation that installs today).
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +20,41 @@ from dlinfer.convert import Converter, ConvertOptions, ConvertResult
 from .reader import PROTOTXT, find_model_files, read_caffemodel, read_prototxt, weights_by_layer
 
 
-def convert_files(prototxt: Path, caffemodel: Path, *, opset: int | None = None, dynamic_batch: bool = True) -> Any:
+def convert_files(
+    prototxt: Path,
+    caffemodel: Path,
+    *,
+    opset: int | None = None,
+    dynamic_batch: bool = True,
+    progress: Callable[[int, str], None] | None = None,
+) -> Any:
     """Read a Caffe model's two files and convert them to an ``onnx.ModelProto``."""
     from .to_onnx import caffemodel_blobs, convert_net
 
     net = read_prototxt(prototxt)
     weights = weights_by_layer(read_caffemodel(caffemodel))
-    return convert_net(net, caffemodel_blobs(weights, caffemodel.name), opset=opset, dynamic_batch=dynamic_batch)
+    blobs = caffemodel_blobs(weights, caffemodel.name)
+    return convert_net(net, blobs, opset=opset, dynamic_batch=dynamic_batch, progress=progress)
+
+
+class _ProgressBar:
+    """A tqdm bar over the layers (shown on a terminal only)."""
+
+    def __init__(self, desc: str) -> None:
+        self.desc = desc
+        self.bar: Any = None
+
+    def __call__(self, total: int, layer: str) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.desc, unit="layer", file=sys.stderr, disable=None, leave=False)
+        self.bar.set_postfix_str(layer, refresh=False)
+        self.bar.update()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def model_files(src: Path, extra: dict[str, Any]) -> tuple[Path, Path]:
@@ -90,7 +120,13 @@ class CaffeToOnnx(Converter):
     def convert(self, src: Path, dst: Path, options: ConvertOptions) -> ConvertResult:
         try:
             prototxt, caffemodel = model_files(src, options.extra)
-            model = convert_files(prototxt, caffemodel, opset=options.opset, dynamic_batch=options.dynamic_batch)
+            bar = _ProgressBar(f"converting {prototxt.name}")
+            try:
+                model = convert_files(
+                    prototxt, caffemodel, opset=options.opset, dynamic_batch=options.dynamic_batch, progress=bar
+                )
+            finally:
+                bar.close()
         except ModelLoadError as exc:
             raise ConfigError(f"{src}: {exc}") from None
         dst.write_bytes(model.SerializeToString())

@@ -123,8 +123,12 @@ def convert_net(
     *,
     opset: int | None = None,
     dynamic_batch: bool = True,
+    progress: Callable[[int, str], None] | None = None,
 ) -> Any:
-    """Convert a parsed network to an ``onnx.ModelProto``; raise ModelLoadError naming the layer on failure."""
+    """Convert a parsed network to an ``onnx.ModelProto``; raise ModelLoadError naming the layer on failure.
+
+    ``progress(total, layer_name)`` is called before each layer is converted.
+    """
     import onnx
     from onnx import TensorProto, helper
 
@@ -155,6 +159,8 @@ def convert_net(
     shapes: dict[str, Shape] = dict(inputs)
 
     for i, layer in enumerate(compute):
+        if progress:
+            progress(len(compute), layer.name)
         rule = RULES[layer.type]
         where = f"layer {layer.name!r} ({layer.type})"
         for what, (lo, hi), have in (("bottoms", rule.bottoms, len(layer.bottom)), ("tops", rule.tops, len(layer.top))):
