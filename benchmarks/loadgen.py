@@ -31,11 +31,38 @@ import orjson
 PROTOCOLS = ("json", "binary", "grpc", "torchserve")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process, from /proc (Linux)."""
+def _stat(pid: int) -> list[str]:
     with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and all its descendants, from /proc (Linux).
+
+    Descendants count because some servers run inference in worker processes
+    (MLServer's parallel workers, TorchServe's Python workers under its JVM).
+    """
+    parent: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parent[int(entry)] = int(_stat(int(entry))[1])
+            except (OSError, IndexError):
+                continue
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parent.items() if pp == p and c not in tree]
+        tree.update(kids)
+        frontier.extend(kids)
+    total = 0
+    for p in tree:
+        try:
+            fields = _stat(p)
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime of the process itself
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def http_payload(protocol: str, x: np.ndarray) -> tuple[bytes, dict[str, str]]:

@@ -107,11 +107,12 @@ def ensure_venv(root: Path, name: str, packages: list[str], borrow: list[str] = 
     return venv / "bin"
 
 
-def wait_http(url: str, proc: subprocess.Popen, timeout_s: float = 180) -> None:
+def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 180) -> None:
     until = time.monotonic() + timeout_s
     while time.monotonic() < until:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{tail}")
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
@@ -178,7 +179,7 @@ class MLServer(Server):
             start_new_session=True,
         )
         for name in models:
-            wait_http(f"http://127.0.0.1:{self.http}/v2/models/{name}/ready", self.proc)
+            wait_http(f"http://127.0.0.1:{self.http}/v2/models/{name}/ready", self.proc, folder / "mlserver.log")
 
 
 class TorchServe(Server):
@@ -223,7 +224,13 @@ class TorchServe(Server):
             f"model_store={store}",
         ]
         (folder / "config.properties").write_text("\n".join(props) + "\n")
-        env = {**os.environ, "LOG_LOCATION": str(folder / "logs"), "METRICS_LOCATION": str(folder / "logs")}
+        # TMPDIR: TorchServe keeps a pid file there and refuses to start beside another instance's.
+        env = {
+            **os.environ,
+            "LOG_LOCATION": str(folder / "logs"),
+            "METRICS_LOCATION": str(folder / "logs"),
+            "TMPDIR": str(folder),
+        }
         if omp_threads:
             env["OMP_NUM_THREADS"] = str(omp_threads)
         log = (folder / "torchserve.log").open("wb")
@@ -242,11 +249,12 @@ class TorchServe(Server):
             env=env,
             start_new_session=True,
         )
-        wait_http(f"http://127.0.0.1:{self.http}/ping", self.proc)
+        wait_http(f"http://127.0.0.1:{self.http}/ping", self.proc, folder / "torchserve.log")
         for name in models:
+            # TorchServe starts one worker per core for models given at start; the API needs it said.
+            n = workers or os.cpu_count() or 1
             q = f"url={name}.mar&model_name={name}&synchronous=true&batch_size={batch_size}&max_batch_delay=2"
-            if workers:
-                q += f"&initial_workers={workers}"
+            q += f"&initial_workers={n}"
             req = urllib.request.Request(f"http://127.0.0.1:{manage}/models?{q}", method="POST")
             with urllib.request.urlopen(req, timeout=300) as r:
                 r.read()
