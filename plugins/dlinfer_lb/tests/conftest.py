@@ -159,8 +159,10 @@ def nodes_status(gateway_url: str) -> dict[str, dict[str, Any]]:
     return {n["url"]: n for n in doc["nodes"]}
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def helpers() -> Any:
-    """send / wait_for / nodes_status / gateway_config for the tests."""
+    """send / wait_for / nodes_status / gateway_config / Recorder for the tests."""
 
-    return SimpleNamespace(send=send, wait_for=wait_for, nodes_status=nodes_status, gateway_config=gateway_config, X=X)
+    return SimpleNamespace(
+        send=send, wait_for=wait_for, nodes_status=nodes_status, gateway_config=gateway_config, X=X, Recorder=Recorder
+    )

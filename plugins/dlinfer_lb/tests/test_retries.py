@@ -15,11 +15,9 @@ from dlinfer.plugins import Plugins
 from dlinfer.server import PLUGINS
 from dlinfer.testing import RunningNode, node_config, onnx_linear_model, write_model
 
-from .conftest import Recorder
-
 
 @pytest.fixture(scope="module")
-def busy_and_idle(tmp_path_factory):
+def busy_and_idle(tmp_path_factory, helpers):
     """Node A answers ``linear`` 100 ms late with a queue of one (so it refuses
     with 429 under load); node B is fast and unbounded."""
     root = tmp_path_factory.mktemp("busy")
@@ -32,7 +30,7 @@ def busy_and_idle(tmp_path_factory):
             )
             config = node_config(repo)
             plugins = Plugins(config).load()
-            plugins.register(Recorder("linear", 0.1) if slow else Recorder(), "recorder")
+            plugins.register(helpers.Recorder("linear", 0.1) if slow else helpers.Recorder(), "recorder")
             nodes.append(stack.enter_context(RunningNode(config, plugins)))
         yield nodes
 
