@@ -154,15 +154,20 @@ def googlenet(div: int = 16) -> str:
     return net("GoogleNet", (1, 3, 224, 224), b)
 
 
-def resnet(div: int = 16) -> str:
-    """ResNet-50's stem, its first stage (projection and identity blocks) and the
-    first, downsampling block of stages 3-5, down to the 7x7 average pool."""
+def resnet(div: int = 16, depths: tuple[int, int, int, int] = (3, 1, 1, 1)) -> str:
+    """ResNet-50's stem, bottleneck stages and 7x7 average pool. By default the
+    first stage is complete (projection and identity blocks) and stages 3-5 have
+    their first, downsampling block; ``depths=(3, 4, 6, 3)`` and ``div=1`` give the
+    whole ResNet-50."""
     d = div
     b = conv("conv1", "data", 64 // d, 7, 2, 3, "bias_term: false") + bn_scale_relu("conv1", "conv1")
     b += pool("pool1", "conv1", "MAX", 3, 2)
     last = "pool1"
-    blocks = [("2a", 64, 1, True), ("2b", 64, 1, False), ("2c", 64, 1, False)]
-    blocks += [("3a", 128, 2, True), ("4a", 256, 2, True), ("5a", 512, 2, True)]
+    blocks = [
+        (f"{stage}{chr(ord('a') + i)}", width, 2 if i == 0 and stage > 2 else 1, i == 0)
+        for stage, width, depth in zip((2, 3, 4, 5), (64, 128, 256, 512), depths, strict=True)
+        for i in range(depth)
+    ]
     for blk, width, stride, project in blocks:
         if project:
             b += conv(f"res{blk}_branch1", last, 4 * width // d, 1, stride, 0, "bias_term: false")
@@ -214,12 +219,16 @@ def squeezenet(div: int = 4) -> str:
     return net("SqueezeNet", (1, 3, 227, 227), b)
 
 
-def mobilenet(div: int = 8) -> str:
-    """MobileNet v1's first depthwise-separable blocks (grouped conv with group = channels)."""
+MOBILENET_BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), *[(512, 1)] * 5, (1024, 2), (1024, 1))
+
+
+def mobilenet(div: int = 8, blocks: int = 4) -> str:
+    """MobileNet v1: depthwise-separable blocks (grouped conv with group = channels),
+    the first ``blocks`` of its 13 (all 13 and ``div=1``: the whole network)."""
     d = div
     b = conv("conv1", "data", 32 // d, 3, 2, 1, "bias_term: false") + bn_scale_relu("conv1", "conv1")
     last, ch = "conv1", 32 // d
-    for i, (out, s) in enumerate(((64, 1), (128, 2), (128, 1), (256, 2)), start=2):
+    for i, (out, s) in enumerate(MOBILENET_BLOCKS[:blocks], start=2):
         dw, pw = f"conv{i}_1/dw", f"conv{i}_1/sep"
         b += conv(dw, last, ch, 3, s, 1, f"group: {ch} bias_term: false") + bn_scale_relu(dw, dw)
         b += conv(pw, dw, out // d, 1, 1, 0, "bias_term: false") + bn_scale_relu(pw, pw)
