@@ -25,12 +25,26 @@ def _png(rng: np.random.Generator, h: int, w: int) -> bytes:
     return buf.tobytes()
 
 
-def _expected_logits(cnn: torch.nn.Module, pngs: list[bytes]) -> np.ndarray:
+def _center_crop(img: np.ndarray, shorter: int, size: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    if h < w:
+        nh, nw = shorter, round(w * shorter / h)
+    else:
+        nh, nw = round(h * shorter / w), shorter
+    img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return img[top : top + size, left : left + size]
+
+
+def _expected_logits(cnn: torch.nn.Module, pngs: list[bytes], shorter: int | None = None) -> np.ndarray:
     """The same preprocessing written out independently: decode, resize, RGB, scale, normalise, NCHW."""
     batch = []
     for data in pngs:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-        img = cv2.resize(img, (16, 16), interpolation=cv2.INTER_LINEAR)
+        if shorter:
+            img = _center_crop(img, shorter, 16)
+        else:
+            img = cv2.resize(img, (16, 16), interpolation=cv2.INTER_LINEAR)
         rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
         batch.append(((rgb - np.float32(MEAN)) / np.float32(STD)).transpose(2, 0, 1))
     with torch.inference_mode():
@@ -69,6 +83,17 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunningNode, torch
     )
     write_model(
         root,
+        "crop",
+        files={"model.pt": model},
+        config={
+            **base,
+            "preprocess": ["image"],
+            "postprocess": ["topk"],
+            "parameters": {"image": {**image, "resize_shorter": 20}, "topk": {"k": 7}},
+        },
+    )
+    write_model(
+        root,
         "bad_k",
         files={"model.pt": model},
         config={**base, "postprocess": ["topk"], "parameters": {"topk": {"k": 9}}},
@@ -103,6 +128,20 @@ def test_png_bytes_to_top_k_classes(served: tuple[RunningNode, Any]) -> None:
     np.testing.assert_allclose(result.as_numpy("scores"), np.take_along_axis(logits, top, 1), atol=1e-5, rtol=0)
     labels = [[LABELS[i].encode() for i in row] for row in top]
     assert result.as_numpy("labels").tolist() == labels
+
+
+def test_resize_shorter_side_and_center_crop(served: tuple[RunningNode, Any]) -> None:
+    node, cnn = served
+    rng = np.random.default_rng(5)
+    pngs = [_png(rng, 30, 40), _png(rng, 50, 22)]
+    client = httpclient.InferenceServerClient(node.url.removeprefix("http://"))
+    inp = httpclient.InferInput("image", [2], "BYTES")
+    inp.set_data_from_numpy(np.array(pngs, dtype=object), binary_data=True)
+    result = client.infer("crop", [inp])
+    logits = _expected_logits(cnn, pngs, shorter=20)
+    order = np.argsort(-logits, axis=1, kind="stable")
+    np.testing.assert_array_equal(result.as_numpy("classes"), order)
+    np.testing.assert_allclose(result.as_numpy("scores"), np.take_along_axis(logits, order, 1), atol=1e-5, rtol=0)
 
 
 def test_argmax_with_softmax(served: tuple[RunningNode, Any]) -> None:

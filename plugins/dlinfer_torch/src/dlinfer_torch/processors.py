@@ -63,6 +63,7 @@ class _ImageSettings:
     std: np.ndarray
     bgr: bool
     interpolation: int
+    shorter: int | None
 
 
 _INTERPOLATION = {"nearest": "INTER_NEAREST", "linear": "INTER_LINEAR", "cubic": "INTER_CUBIC", "area": "INTER_AREA"}
@@ -72,7 +73,9 @@ class ImageDecode:
     """``image``: encoded images (PNG, JPEG, ... in a BYTES tensor) -> resized, normalised NCHW floats.
 
     ``[parameters.image]``: ``input`` (model input fed, default its only input),
-    ``size = [height, width]`` (default: the input's fixed H and W), ``scale``
+    ``size = [height, width]`` (default: the input's fixed H and W), ``resize_shorter``
+    (scale the shorter side to this many pixels keeping the aspect ratio, then crop
+    the centre ``size``; default: stretch to ``size``), ``scale``
     (default 1/255), ``mean`` and ``std`` per channel (default 0 and 1, applied after
     ``scale``), ``color`` ("rgb" default, or "bgr"), ``interpolation`` ("linear",
     "nearest", "cubic", "area"). The request sends one encoded image per batch row
@@ -80,7 +83,7 @@ class ImageDecode:
     """
 
     name = "image"
-    keys = {"input", "size", "scale", "mean", "std", "color", "interpolation"}
+    keys = {"input", "size", "resize_shorter", "scale", "mean", "std", "color", "interpolation"}
 
     def __init__(self) -> None:
         self._s: _ImageSettings | None = None
@@ -111,6 +114,14 @@ class ImageDecode:
             raise ModelLoadError(
                 f"parameters.image: color must be 'rgb' or 'bgr' and interpolation one of {sorted(_INTERPOLATION)}"
             )
+        shorter = p.get("resize_shorter")
+        if shorter is not None and (
+            not isinstance(shorter, int) or isinstance(shorter, bool) or shorter < max(height, width)
+        ):
+            raise ModelLoadError(
+                f"parameters.image.resize_shorter must be an integer >= the crop size {max(height, width)}, "
+                f"got {shorter!r}"
+            )
         scale = p.get("scale", 1 / 255)
         if not isinstance(scale, int | float):
             raise ModelLoadError(f"parameters.image.scale must be a number, got {scale!r}")
@@ -129,6 +140,7 @@ class ImageDecode:
             std=std.reshape(-1, 1, 1),
             bgr=color == "bgr",
             interpolation=getattr(cv2, _INTERPOLATION[interp]),
+            shorter=shorter,
         )
         rows = target.shape[0] if len(target.shape) == 4 else 1
         return [TensorSpec(t.name, "BYTES", (rows,)) if t is target else t for t in inputs]
@@ -162,14 +174,30 @@ class ImageDecode:
         img = cv2.imdecode(np.frombuffer(item, dtype=np.uint8), flag)
         if img is None:
             raise InvalidInput(f"input {s.input!r}[{i}]: not an image OpenCV can decode (PNG, JPEG, BMP, ...)")
-        if (img.shape[0], img.shape[1]) != (s.height, s.width):
-            img = cv2.resize(img, (s.width, s.height), interpolation=s.interpolation)
+        img = _resize(img, s)
         if img.ndim == 2:
             img = img[:, :, None]
         elif not s.bgr:
             img = img[:, :, ::-1]  # OpenCV decodes to BGR
         chw = np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32)
         return ((chw * s.scale - s.mean) / s.std).astype(s.dtype, copy=False)
+
+
+def _resize(img: np.ndarray, s: _ImageSettings) -> np.ndarray:
+    """Stretch to the model's size, or scale the shorter side and crop the centre (torchvision's eval recipe)."""
+    import cv2
+
+    h, w = img.shape[:2]
+    if s.shorter is None:
+        if (h, w) == (s.height, s.width):
+            return img
+        return cv2.resize(img, (s.width, s.height), interpolation=s.interpolation)
+    ratio = s.shorter / min(h, w)
+    nh, nw = max(round(h * ratio), s.height), max(round(w * ratio), s.width)
+    if (nh, nw) != (h, w):
+        img = cv2.resize(img, (nw, nh), interpolation=s.interpolation)
+    top, left = (nh - s.height) // 2, (nw - s.width) // 2
+    return img[top : top + s.height, left : left + s.width]
 
 
 def _labels(p: dict[str, Any], table: str) -> np.ndarray | None:
