@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import cv2
@@ -52,7 +53,7 @@ def _expected_logits(cnn: torch.nn.Module, pngs: list[bytes], shorter: int | Non
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunningNode, torch.nn.Module]:
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningNode, torch.nn.Module]]:
     root = tmp_path_factory.mktemp("proc_repo")
     work = tmp_path_factory.mktemp("proc_files")
     cnn = tt.make(tt.TinyCNN, seed=11, classes=7)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]
 
 
 @pytest.fixture(scope="module")
-def node(repo: tuple[Path, dict[str, Any]]) -> RunningNode:
+def node(repo: tuple[Path, dict[str, Any]]) -> Iterator[RunningNode]:
     with RunningNode(node_config(repo[0])) as running:
         yield running
 
