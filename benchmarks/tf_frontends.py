@@ -6,7 +6,8 @@ serves it with ``dlinfer-core`` (tf plugin only) in its own process, and runs cl
 (real tritonclient and tensorflow-serving-api clients, requests for REST) for ``--seconds`` per
 cell. Prints one table: requests/s, median and p99 latency, the server's CPU milliseconds per
 request (the steady figure on a shared machine) as a multiple of the CPU milliseconds of one call
-in-process (the same TensorFlow runner, called directly), and requests/s against the in-process rate. A second table compares in-process rates with ``TF_ENABLE_ONEDNN_OPTS`` 1 and 0::
+in-process (the same TensorFlow runner, called directly), and requests/s against the in-process
+rate. A second table compares in-process rates with ``TF_ENABLE_ONEDNN_OPTS`` 1 and 0::
 
     python benchmarks/tf_frontends.py --seconds 5 --concurrency 1 4
 """
