@@ -176,3 +176,25 @@ def test_explicit_reload_while_clients_loop(tmp_path: Path) -> None:
         wait_for(lambda: load.latest() == "2")
     assert load.failures == []
     assert {v for v, _ in load.answers} == {"1", "2"}
+
+
+def test_http_client_load_unload_round_trip_with_token(tmp_path: Path) -> None:
+    """Explicit control with tritonclient.http, behind the control token."""
+    from tritonclient.utils import InferenceServerException
+
+    root = tmp_path / "models"
+    write_model(root, "linear", 1, {"model.onnx": onnx_linear_model(seed=3)})
+    config = node_config(root, repository={"control_token": "t0ken"})
+    with RunningNode(config) as node:
+        client = httpclient.InferenceServerClient(node.url.removeprefix("http://"))
+        auth = {"Authorization": "Bearer t0ken"}
+        with pytest.raises(InferenceServerException, match="Bearer"):
+            client.unload_model("linear")
+        client.unload_model("linear", headers=auth)
+        assert not client.is_model_ready("linear")
+        assert {r["name"]: r["state"] for r in client.get_model_repository_index()}["linear"] == "UNAVAILABLE"
+        client.load_model("linear", headers=auth)
+        assert client.is_model_ready("linear")
+        inp = httpclient.InferInput("x", [2, 4], "FP32")
+        inp.set_data_from_numpy(X)
+        np.testing.assert_array_equal(client.infer("linear", [inp]).as_numpy("probs"), expected_probs(3))
