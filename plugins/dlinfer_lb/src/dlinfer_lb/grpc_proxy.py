@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.message import DecodeError
+from multidict import CIMultiDict
 
 from dlinfer import DeadlineExceeded, DlinferError, InvalidInput, __version__
 from dlinfer.plugins import hookimpl
@@ -95,7 +96,7 @@ class _Headers:
     """gRPC metadata seen as request headers, for strategies that key on a header."""
 
     def __init__(self, metadata: Any) -> None:
-        self.headers = {k: v for k, v in metadata or () if isinstance(v, str)}
+        self.headers = CIMultiDict((k, v) for k, v in metadata or () if isinstance(v, str))
 
 
 def _forwarded_metadata(metadata: Any) -> list[tuple[str, Any]]:
