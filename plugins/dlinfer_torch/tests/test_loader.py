@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +85,41 @@ def test_model_class_from_inside_the_repository_is_not_imported(
     with pytest.raises(ModelLoadError, match="would import code from the model repository"):
         loader.load(cfg, vdir)
     assert not marker.exists()
+
+
+class _TouchOnUnpickle:
+    """Unpickling this creates a file: stands in for code an attacker would run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.path,))
+
+
+def test_exported_program_with_a_pickled_member_is_refused(tmp_path: Path) -> None:
+    """torch.export.load would unpickle such a member without weights_only; the loader checks first."""
+    good = tt.save_exported(tt.make(tt.DictOut), (torch.randn(2, 6),), tmp_path / "good.pt2")
+    marker = tmp_path / "code-ran"
+    payload = io.BytesIO()
+    torch.save(_TouchOnUnpickle(marker), payload)
+    vdir = tmp_path / "1"
+    vdir.mkdir()
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(vdir / "model.pt2", "w") as zout:
+        for item in zin.infolist():
+            swap = item.filename.endswith("data/sample_inputs/model.pt")
+            zout.writestr(item, payload.getvalue() if swap else zin.read(item.filename))
+    with pytest.raises(ModelLoadError, match=r"member 'data/sample_inputs/model\.pt'.*pickled Python objects"):
+        _loader().load(_config(), vdir)
+    assert not marker.exists()
+    runner = _loader().load(_config(), _copy_to_version(good, tmp_path / "2"))
+    assert [t.name for t in runner.outputs] == ["logits", "probs"]
+
+
+def _copy_to_version(f: Path, vdir: Path) -> Path:
+    vdir.mkdir()
+    (vdir / "model.pt2").write_bytes(f.read_bytes())
+    return vdir
 
 
 def test_pickle_refused_even_if_only_the_model_config_opts_in(tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ Formats, and why each is (or is not) safe to load from a model repository:
   and tensors; TorchScript is interpreted by libtorch, no Python objects are unpickled.
 - ``torch_export`` (``model.pt2``, :func:`torch.export.load`): an ExportedProgram,
   a serialized FX graph plus weights; its signature names every input and output.
+  torch unpickles some archive members without ``weights_only``, so the archive is
+  checked first (:func:`check_program_archive`) unless pickles are allowed.
 - ``pytorch_state_dict`` (``model.pt``/``model.pth``): tensors only, read with
   ``torch.load(weights_only=True)``, which refuses any pickled object that is not
   a tensor or a plain container; the architecture comes from ``parameters.model_class``.
@@ -50,10 +52,12 @@ _DEFAULT_FILES = {
 
 _CLASS_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
-PICKLE_REFUSED = (
-    "{file} holds pickled Python objects, not only tensors; unpickling it could run any code. "
+PICKLE_OPT_IN = (
     "If you trust this model repository, set allow_pickle = true in the model's config.toml "
     "and repository.allow_pickle = true in node.toml"
+)
+PICKLE_REFUSED = "{file} holds pickled Python objects, not only tensors; unpickling it could run any code. " + (
+    PICKLE_OPT_IN
 )
 
 
@@ -143,7 +147,7 @@ def load_module(
         if fmt == "torchscript":
             return LoadedModule(_load_torchscript(f, device), fmt)
         if fmt == "torch_export":
-            return _load_exported(f, device)
+            return _load_exported(f, device, allow_pickle)
         return LoadedModule(_load_saved(fmt, f, config, device, allow_pickle, repository), fmt)
     except ModelLoadError:
         raise
@@ -184,15 +188,58 @@ def _load_torchscript(f: Path, device: Any) -> Any:
     return torch.jit.load(str(f), map_location=device).eval()
 
 
-def _load_exported(f: Path, device: Any) -> LoadedModule:
+def _load_exported(f: Path, device: Any, allow_pickle: bool) -> LoadedModule:
     import torch
 
+    if not allow_pickle:
+        check_program_archive(f)
     program = torch.export.load(str(f))
     inputs, outputs, names = program_specs(program)
     module = program.module()
     if device.type != "cpu":
         module = module.to(device)
     return LoadedModule(module, "torch_export", inputs, outputs, names)
+
+
+#: Archive members of a .pt2 that torch reads without unpickling: metadata, JSON, raw tensor bytes.
+_PT2_PLAIN = ("archive_format", "archive_version", "byteorder", "version", ".data/")
+
+
+def check_program_archive(f: Path) -> None:
+    """Refuse a .pt2 whose loading would unpickle anything beyond tensors.
+
+    ``torch.export.load`` reads weights and constants flagged ``use_pickle`` with
+    ``torch.load(weights_only=False)``, opaque constants with ``pickle.loads``, and
+    retries sample inputs without ``weights_only`` when the safe load fails; archives
+    may also carry compiled libraries. So every pickled member must load with
+    ``weights_only=True`` here first, and members of unknown kinds are refused.
+    """
+    import io
+    import json
+
+    import torch
+
+    with zipfile.ZipFile(f) as z:
+        names = z.namelist()
+        raw: set[str] = set()
+        for name in names:
+            if name.endswith(("_weights_config.json", "_constants_config.json")):
+                folder = name.rsplit("/", 1)[0]
+                config = json.loads(z.read(name)).get("config", {})
+                raw |= {f"{folder}/{m['path_name']}" for m in config.values() if not m.get("use_pickle")}
+        for name in names:
+            inner = name.split("/", 1)[1] if "/" in name else name
+            if name.endswith("/") or name in raw or name.endswith(".json") or inner.startswith(_PT2_PLAIN):
+                continue
+            if not inner.startswith(("data/weights/", "data/constants/tensor_", "data/sample_inputs/")):
+                raise ModelLoadError(
+                    f"{f.name}: member {inner!r} is not plain data (compiled code or pickled objects) "
+                    f"and loading it could run any code. {PICKLE_OPT_IN}"
+                )
+            try:
+                torch.load(io.BytesIO(z.read(name)), weights_only=True)
+            except Exception:
+                raise ModelLoadError(PICKLE_REFUSED.format(file=f"{f.name} (member {inner!r})")) from None
 
 
 def program_specs(program: Any) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...], tuple[str, ...]]:
