@@ -212,3 +212,17 @@ layers { name: "prob" type: SOFTMAX bottom: "fc" top: "prob" }
     theirs = model.run_opencv(x, ["fc", "prob"])
     for b in ("fc", "prob"):
         assert relative_error(theirs[b], ours[b]) <= TOL
+
+
+@pytest.mark.parametrize("arch", ["resnet50", "mobilenet_v1"])
+def test_whole_networks_match_opencv(caffe_case, arch: str) -> None:
+    """Full-width, full-depth ResNet-50 (25.6 M weights) and MobileNet v1."""
+    from dlinfer_caffe.testing import mobilenet, resnet
+
+    text, logits = (resnet(1, (3, 4, 6, 3)), "fc1000") if arch == "resnet50" else (mobilenet(1, 13), "fc7")
+    model = caffe_case(text)
+    x = model.inputs(batch=2)
+    ours = model.run_onnx(x, ["prob", logits])
+    theirs = model.run_opencv(x, ["prob", logits])
+    for b in ("prob", logits):
+        assert relative_error(theirs[b].reshape(ours[b].shape), ours[b]) <= TOL, b
