@@ -180,3 +180,29 @@ def test_unload_and_reload(repository: Path) -> None:
         inp = httpclient.InferInput("data", list(x.shape), "FP32")
         inp.set_data_from_numpy(x)
         assert client.infer("caffenet", [inp]).as_numpy("prob").shape == (1, 5)
+
+
+def test_every_layer_net_served_matches_opencv(tmp_path: Path) -> None:
+    """Each per-layer net of the OpenCV cross-check, served by one node; every
+    network output fetched with tritonclient and compared with OpenCV DNN."""
+    from .test_opencv_crosscheck import LAYER_NETS
+
+    root = tmp_path / "models"
+    for i, (name, (shape, body, _)) in enumerate(LAYER_NETS.items()):
+        write_caffe_model(root / name / "1", net(name, shape, body), seed=i)
+    rng = np.random.default_rng(13)
+    with RunningNode(node_config(root)) as node:
+        client = httpclient.InferenceServerClient(node.url.removeprefix("http://"))
+        for name in LAYER_NETS:
+            meta = client.get_model_metadata(name)
+            shape = [3, *meta["inputs"][0]["shape"][1:]]
+            x = rng.standard_normal(shape).astype(np.float32)
+            inp = httpclient.InferInput("data", shape, "FP32")
+            inp.set_data_from_numpy(x)
+            outputs = [o["name"] for o in meta["outputs"]]
+            result = client.infer(name, [inp])
+            version = root / name / "1"
+            expected = opencv_outputs(version / "deploy.prototxt", version / "model.caffemodel", {"data": x}, outputs)
+            for out in outputs:
+                got = result.as_numpy(out)
+                assert relative_error(expected[out].reshape(got.shape), got) <= 1e-4, (name, out)
