@@ -11,6 +11,7 @@ import pytest
 import requests
 import torch
 import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 from dlinfer.testing import RunningNode, node_config, write_model
 from dlinfer_torch import testing as tt
@@ -91,6 +92,18 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningNo
             "preprocess": ["image"],
             "postprocess": ["topk"],
             "parameters": {"image": {**image, "resize_shorter": 20}, "topk": {"k": 7}},
+        },
+    )
+    write_model(
+        root,
+        "single",
+        files={"model.pt": model},
+        config={
+            "max_batch_size": 0,
+            "input": [{"name": "image", "datatype": "FP32", "shape": [1, 3, 16, 16]}],
+            "preprocess": ["image"],
+            "postprocess": ["argmax"],
+            "parameters": {"image": image},
         },
     )
     write_model(
@@ -190,3 +203,21 @@ def test_bad_processor_settings_make_the_model_unavailable(served: tuple[Running
     assert rows["bad_labels"]["state"] == "UNAVAILABLE"
     assert "labels has 2 names; output 'output' has 7 classes" in rows["bad_labels"]["reason"]
     assert rows["classify"]["state"] == "READY"
+
+
+def test_a_model_without_batching_takes_exactly_its_images(served: tuple[RunningNode, Any]) -> None:
+    node, cnn = served
+    rng = np.random.default_rng(8)
+    pngs = [_png(rng, 16, 16), _png(rng, 16, 16)]
+    meta = requests.get(f"{node.url}/v2/models/single", timeout=30).json()
+    assert meta["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [1]}]
+    client = httpclient.InferenceServerClient(node.url.removeprefix("http://"))
+    inp = httpclient.InferInput("image", [1], "BYTES")
+    inp.set_data_from_numpy(np.array(pngs[:1], dtype=object), binary_data=True)
+    assert (
+        client.infer("single", [inp]).as_numpy("class").tolist() == _expected_logits(cnn, pngs[:1]).argmax(1).tolist()
+    )
+    two = httpclient.InferInput("image", [2], "BYTES")
+    two.set_data_from_numpy(np.array(pngs, dtype=object), binary_data=True)
+    with pytest.raises(InferenceServerException, match=r"takes 1 image\(s\) per request, got 2"):
+        client.infer("single", [two])

@@ -64,6 +64,7 @@ class _ImageSettings:
     bgr: bool
     interpolation: int
     shorter: int | None
+    rows: int  # images per request the model takes; -1: any number
 
 
 _INTERPOLATION = {"nearest": "INTER_NEAREST", "linear": "INTER_LINEAR", "cubic": "INTER_CUBIC", "area": "INTER_AREA"}
@@ -141,9 +142,9 @@ class ImageDecode:
             bgr=color == "bgr",
             interpolation=getattr(cv2, _INTERPOLATION[interp]),
             shorter=shorter,
+            rows=target.shape[0] if len(target.shape) == 4 else 1,
         )
-        rows = target.shape[0] if len(target.shape) == 4 else 1
-        return [TensorSpec(t.name, "BYTES", (rows,)) if t is target else t for t in inputs]
+        return [TensorSpec(t.name, "BYTES", (self._s.rows,)) if t is target else t for t in inputs]
 
     def __call__(self, tensors: dict[str, np.ndarray], config: ModelConfig) -> dict[str, np.ndarray]:
         s = self._s
@@ -155,8 +156,8 @@ class ImageDecode:
         if data.dtype != object:
             raise InvalidInput(f"input {s.input!r}: send encoded images as BYTES, got {data.dtype} data")
         items = data.reshape(-1)
-        if not s.batched and items.size != 1:
-            raise InvalidInput(f"input {s.input!r}: this model takes one image per request, got {items.size}")
+        if s.rows != -1 and items.size != s.rows:
+            raise InvalidInput(f"input {s.input!r}: this model takes {s.rows} image(s) per request, got {items.size}")
         images = np.stack([self._one(item, i, s) for i, item in enumerate(items)]) if items.size else None
         if images is None:
             raise InvalidInput(f"input {s.input!r} holds no image")
