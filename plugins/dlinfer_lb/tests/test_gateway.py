@@ -125,3 +125,39 @@ def test_grpc_clients_cannot_tell_gateway_from_node(cluster, start_gateway) -> N
     assert seen["gateway-spread"] == [10, 10, 10]  # swrr 1:1:1 over gRPC too
     assert seen["gateway-errors"][0] == seen["node-errors"][0] == "StatusCode.INVALID_ARGUMENT"
     assert seen["gateway-errors"][1] == "StatusCode.NOT_FOUND"
+
+
+def test_version_aware_routing(start_gateway, helpers, tmp_path) -> None:
+    import contextlib
+
+    from dlinfer.plugins import Plugins
+    from dlinfer.testing import RunningNode, node_config, onnx_linear_model, write_model
+
+    with contextlib.ExitStack() as stack:
+        nodes, recorders = [], []
+        for name, versions in (("a", (1, 2)), ("b", (1,))):
+            repo = tmp_path / name
+            for v in versions:
+                write_model(
+                    repo, "vm", v, {"model.onnx": onnx_linear_model(seed=v)}, config={"version_policy": {"all": True}}
+                )
+            config = node_config(repo)
+            plugins = Plugins(config).load()
+            recorders.append(helpers.Recorder())
+            plugins.register(recorders[-1], "recorder")
+            nodes.append(stack.enter_context(RunningNode(config, plugins)))
+        gw = start_gateway(strategy="swrr", nodes=[n.url for n in nodes])
+        url = f"{gw.url}/v2/models/vm/versions"
+        for _ in range(10):
+            r = requests.post(f"{url}/2/infer", json=helpers.X, timeout=5)
+            assert r.status_code == 200 and r.json()["model_version"] == "2"
+        assert [r.snapshot()["vm"] for r in recorders] == [10, 0]  # only node a has version 2
+        # "The latest" is the newest version on any node, as from one node: node a again.
+        assert helpers.send(gw.url, "vm", 20).count(200) == 20
+        assert [r.snapshot()["vm"] for r in recorders] == [30, 0]
+        for _ in range(6):
+            assert requests.post(f"{url}/1/infer", json=helpers.X, timeout=5).status_code == 200
+        assert [r.snapshot()["vm"] for r in recorders] == [33, 3]  # version 1: both nodes, in turn
+        r = requests.post(f"{url}/3/infer", json=helpers.X, timeout=5)
+        assert r.status_code == 404 and "version 3 is not in the repository of any node" in r.json()["error"]
+        assert requests.get(f"{url}/1/ready", timeout=5).json()["ready"] is True

@@ -94,6 +94,10 @@ class Node:
         }
 
 
+def _version_number(version: str) -> int:
+    return int(version) if version.isdigit() else 0
+
+
 class Membership:
     """The merged node set. ``on_added``/``on_removed`` let the gateway open and
     close each node's connection pool."""
@@ -210,9 +214,23 @@ class Membership:
     # ------------------------------------------------------------- queries
 
     def candidates(self, model: str, version: str | None, now: float) -> list[Node]:
-        """Nodes that take traffic and report ``model`` (and ``version``) ready."""
-        return [n for n in self.nodes.values() if n.admitted(now) and n.serves(model, version)]
+        """Nodes that take traffic and report ``model`` (and ``version``) ready.
 
-    def knows(self, model: str) -> bool:
-        """Whether any node has the model in its repository, in any state."""
-        return any(row.get("name") == model for n in self.nodes.values() for row in n.index)
+        Without a version, only the nodes that have the newest ready version: a
+        request for "the latest" gets the same version whichever node answers,
+        as it would from one node.
+        """
+        nodes = [n for n in self.nodes.values() if n.admitted(now) and n.serves(model, version)]
+        if version is None and len(nodes) > 1:
+            latest = [max(map(_version_number, n.ready[model])) for n in nodes]
+            top = max(latest)
+            nodes = [n for n, v in zip(nodes, latest, strict=True) if v == top]
+        return nodes
+
+    def knows(self, model: str, version: str | None = None) -> bool:
+        """Whether any node has the model (and version) in its repository, in any state."""
+        return any(
+            row.get("name") == model and (version is None or row.get("version") == version)
+            for n in self.nodes.values()
+            for row in n.index
+        )

@@ -140,7 +140,7 @@ class Proxy:
 
     def no_candidate(self, model: str, version: str | None) -> DlinferError:
         what = f"model {model!r}" + (f" version {version}" if version else "")
-        if not self.membership.knows(model):
+        if not self.membership.knows(model, version):
             return ModelNotFound(f"{what} is not in the repository of any node")
         return ModelNotReady(f"{what} is not ready on any node that takes traffic")
 
