@@ -288,3 +288,25 @@ def test_grpc_client_gets_the_same_outputs(node: RunningNode, repo: tuple[Path, 
     with torch.inference_mode():
         expected = repo[1]["cnn"](torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
+
+
+def test_unload_and_reload_through_the_control_api(tmp_path: Path) -> None:
+    cnn = tt.make(tt.TinyCNN, seed=9)
+    write_model(
+        tmp_path / "models",
+        "cnn",
+        files={"model.pt2": _file(tt.save_exported(cnn, (torch.randn(2, 3, 16, 16),), tmp_path / "cnn.pt2"))},
+    )
+    x = np.random.default_rng(2).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    body = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, 16, 16], "data": x.ravel().tolist()}]}
+    with RunningNode(node_config(tmp_path / "models")) as running:
+        control = f"{running.url}/v2/repository/models/cnn"
+        assert requests.post(f"{control}/unload", timeout=30).status_code == 200
+        assert requests.post(f"{running.url}/v2/models/cnn/infer", json=body, timeout=30).status_code != 200
+        assert requests.post(f"{control}/load", timeout=60).status_code == 200
+        resp = requests.post(f"{running.url}/v2/models/cnn/infer", json=body, timeout=30)
+    assert resp.status_code == 200, resp.text
+    out = resp.json()["outputs"][0]
+    with torch.inference_mode():
+        expected = cnn(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(np.reshape(out["data"], out["shape"]), expected, atol=ATOL, rtol=0)
