@@ -76,6 +76,15 @@ def test_node_serves_caffe_model_to_tritonclient(repository: Path) -> None:
         assert relative_error(expected["prob"], got) <= 1e-4
         np.testing.assert_allclose(got.sum(axis=1), 1, rtol=1e-5)
 
+        # The same model over V2 gRPC.
+        import tritonclient.grpc as grpcclient
+
+        with grpcclient.InferenceServerClient(f"127.0.0.1:{config.server.grpc_port}") as grpc:
+            assert grpc.get_model_metadata("caffenet", as_json=True)["platform"] == "caffe"
+            ginp = grpcclient.InferInput("data", list(x.shape), "FP32")
+            ginp.set_data_from_numpy(x)
+            np.testing.assert_allclose(grpc.infer("caffenet", [ginp]).as_numpy("prob"), got, rtol=1e-6, atol=1e-7)
+
 
 def test_broken_models_are_unavailable_with_reason(repository: Path) -> None:
     config = node_config(repository)
