@@ -7,6 +7,7 @@ serializer, so no per-element Python code runs on either side.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -132,6 +133,24 @@ def _bytes_tensor(data: Any, where: str) -> np.ndarray:
 TensorSource = Callable[[str, str, list[int], dict[str, Any]], "np.ndarray | None"]
 
 
+def loads(body: bytes) -> Any:
+    """``orjson.loads`` with the cyclic garbage collector paused.
+
+    Nested tensor data becomes one Python list per row (~50,000 for a
+    224x224x3 image); with a framework's hundreds of thousands of objects
+    alive, the collections those allocations trigger cost ~10x the parse
+    itself (measured with TensorFlow loaded: ~180 ms against ~18 ms). Parsed
+    JSON holds no reference cycles, so nothing is missed.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return orjson.loads(body)
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def decode_request(body: bytes, tensor_source: TensorSource | None = None) -> InferenceRequest:
     """Parse a V2 JSON inference request body.
 
@@ -139,7 +158,7 @@ def decode_request(body: bytes, tensor_source: TensorSource | None = None) -> In
     bytes follow the JSON header instead of a ``data`` field.
     """
     try:
-        doc = orjson.loads(body)
+        doc = loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"malformed JSON: {exc}") from None
     if not isinstance(doc, dict):

@@ -172,3 +172,13 @@ def test_reload_closes_and_replaces_other_signatures(node):
     assert r.status_code == 200, r.text
     assert _ok(_post(node, "tf1:classify", body))["result"] == before
     assert _ok(_post(node, "tf1:predict", {"instances": [[1, 2, 3]]}))["predictions"]
+
+
+def test_json_parsing_leaves_the_garbage_collector_on(node):
+    """Bodies are parsed with the cyclic GC paused (see json_codec.loads); it must come back on."""
+    import gc
+
+    assert _post(node, "tf1:predict", b'{"instances": [[1, 2, 3]').status_code == 400
+    assert gc.isenabled()
+    assert _post(node, "tf1:predict", {"instances": [[1, 2, 3]]}).status_code == 200
+    assert gc.isenabled()
