@@ -136,3 +136,18 @@ def test_without_lb_settings_a_node_is_unchanged() -> None:
     app = create_app(plugins.config, plugins)
     paths = {r.resource.canonical for r in app.router.routes() if r.resource is not None}
     assert "/v2/-/nodes" not in paths and "/v2/models/{model}/infer" in paths
+
+
+def test_example_gateway_config_is_valid() -> None:
+    from pathlib import Path
+
+    from dlinfer.config import load_node_config
+    from dlinfer.server import create_app
+    from dlinfer_lb.gateway import GATEWAY
+
+    path = Path(__file__).resolve().parents[3] / "examples" / "gateway.toml"
+    app = create_app(load_node_config(path))
+    gateway = app[GATEWAY]
+    assert policy_for(gateway.settings, "classifier").strategy == "swrr"
+    assert policy_for(gateway.settings, "other").strategy == "p2c"
+    assert [n.url for n in gateway.settings.node_entries()] == ["http://127.0.0.1:8101", "http://127.0.0.1:8201"]
