@@ -37,6 +37,11 @@ def test_convert_detects_the_format_and_reports_bad_models(tmp_path: Path, capsy
     write_caffe_model(version, text)
     assert main(["convert", str(version / "deploy.prototxt"), "--no-validate"]) == 0
     assert (version / "model.onnx").is_file()
+    # Any prototxt name, with the weights beside it.
+    (version / "deploy.prototxt").rename(version / "net.prototxt")
+    assert main(["convert", str(version / "net.prototxt"), "--from", "caffe", "-o", str(tmp_path / "n.onnx")]) == 0
+    assert (tmp_path / "n.onnx").is_file()
+    (version / "net.prototxt").rename(version / "deploy.prototxt")
     (version / "deploy.prototxt").write_text(text + L("t", "Threshold", "r"))
     assert main(["convert", str(version), "--from", "caffe", "-o", str(tmp_path / "x.onnx")]) == 2
     err = capsys.readouterr().err

@@ -17,7 +17,7 @@ import numpy as np
 from dlinfer import ConfigError, ModelLoadError
 from dlinfer.convert import Converter, ConvertOptions, ConvertResult
 
-from .reader import PROTOTXT, find_model_files, read_caffemodel, read_prototxt, weights_by_layer
+from .reader import PROTOTXT, find_caffemodel, find_model_files, read_caffemodel, read_prototxt, weights_by_layer
 
 
 def convert_files(
@@ -68,7 +68,7 @@ def model_files(src: Path, extra: dict[str, Any]) -> tuple[Path, Path]:
         elif src.suffix == ".caffemodel":
             caffemodel = src
         else:
-            caffemodel = find_model_files(folder)[1]
+            caffemodel = find_caffemodel(folder)
         return prototxt, caffemodel
     return find_model_files(src)
 

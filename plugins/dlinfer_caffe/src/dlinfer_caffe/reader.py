@@ -273,10 +273,15 @@ def find_model_files(folder: Path) -> tuple[Path, Path]:
     prototxt = folder / PROTOTXT
     if not prototxt.is_file():
         raise ModelLoadError(f"version folder {folder.name!r} has no {PROTOTXT}")
+    return prototxt, find_caffemodel(folder)
+
+
+def find_caffemodel(folder: Path) -> Path:
+    """The one ``*.caffemodel`` of a folder."""
     models = sorted(folder.glob("*.caffemodel"))
     if not models:
-        raise ModelLoadError(f"version folder {folder.name!r} has no *.caffemodel weights file")
+        raise ModelLoadError(f"folder {folder.name!r} has no *.caffemodel weights file")
     if len(models) > 1:
         names = ", ".join(m.name for m in models)
-        raise ModelLoadError(f"version folder {folder.name!r} has several weights files ({names}); keep one")
-    return prototxt, models[0]
+        raise ModelLoadError(f"folder {folder.name!r} has several weights files ({names}); keep one")
+    return models[0]
