@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 import requests
 import tomli_w
@@ -198,3 +199,76 @@ def test_http_client_load_unload_round_trip_with_token(tmp_path: Path) -> None:
         inp = httpclient.InferInput("x", [2, 4], "FP32")
         inp.set_data_from_numpy(X)
         np.testing.assert_array_equal(client.infer("linear", [inp]).as_numpy("probs"), expected_probs(3))
+
+
+def slow_model(seed: int, layers: int = 60, width: int = 512) -> bytes:
+    """``y = tanh(...tanh(x @ W)... @ W)``: enough matrix work that a request stays in flight a while."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = (np.random.default_rng(seed).standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+    nodes, prev = [], "x"
+    for i in range(layers):
+        nodes += [helper.make_node("MatMul", [prev, "W"], [f"m{i}"]), helper.make_node("Tanh", [f"m{i}"], [f"t{i}"])]
+        prev = f"t{i}"
+    nodes.append(helper.make_node("Identity", [prev], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", width])],
+        initializer=[numpy_helper.from_array(w, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def test_in_flight_request_finishes_on_the_old_version(tmp_path: Path) -> None:
+    from dlinfer.server import REPOSITORY
+
+    root = tmp_path / "models"
+    write_model(root, "slow", 1, {"model.onnx": slow_model(1)})
+    with RunningNode(node_config(root, limits={"max_batch_size": 4096})) as node:
+        repo = node.app[REPOSITORY]
+        old = repo.get("slow")
+        x = np.full((4096, 512), 0.01, np.float32)  # seconds of matrix work
+        header = orjson.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "x",
+                        "datatype": "FP32",
+                        "shape": [4096, 512],
+                        "parameters": {"binary_data_size": x.nbytes},
+                    }
+                ]
+            }
+        )
+        answers: dict[str, Any] = {}
+
+        def slow_request() -> None:
+            answers["slow"] = requests.post(
+                f"{node.url}/v2/models/slow/infer",
+                data=header + x.tobytes(),
+                headers={"Inference-Header-Content-Length": str(len(header))},
+                timeout=120,
+            )
+
+        def reload() -> None:
+            answers["load"] = requests.post(f"{node.url}/v2/repository/models/slow/load", timeout=120)
+
+        t_slow = threading.Thread(target=slow_request)
+        t_slow.start()
+        wait_for(lambda: old.inflight == 1)
+        write_model(root, "slow", 2, {"model.onnx": slow_model(2)})
+        t_load = threading.Thread(target=reload)
+        t_load.start()
+        wait_for(lambda: repo.get("slow").version == 2)  # swapped while the old request still runs
+        assert old.inflight == 1 and t_load.is_alive()  # the load waits for it before closing version 1
+        small = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 512], "data": [0.5] * 512}]}
+        r = requests.post(f"{node.url}/v2/models/slow/infer", json=small, timeout=60)
+        assert r.status_code == 200 and r.json()["model_version"] == "2"
+        t_slow.join(120)
+        t_load.join(120)
+    assert answers["slow"].status_code == 200 and answers["slow"].json()["model_version"] == "1"
+    assert answers["load"].status_code == 200
