@@ -96,6 +96,8 @@ def _config(lb: dict, disable=("dlinfer.server.v2_http", "dlinfer.server.v2_grpc
     [
         ({"strategy": 3}, "gateway.toml: plugins.lb.strategy: expected a string, got 3 (int)"),
         ({"nodes": ["http://a:1", "ftp://b"]}, "gateway.toml: plugins.lb.nodes[1].url: expected an http://"),
+        ({"nodes": ["http://a:99999"]}, "gateway.toml: plugins.lb.nodes[0].url: expected a port from 1 to 65535"),
+        ({"nodes": [{"url": "http://a:1", "grpc": "a"}]}, "plugins.lb.nodes[0].grpc: expected host:port"),
         ({"health": {"interval_s": "2s"}}, "gateway.toml: plugins.lb.health.interval_s: expected a number"),
         ({"outlier": {"max_ejection_percent": 150}}, "plugins.lb.outlier.max_ejection_percent: expected an integer"),
         ({"models": {"r": {"deadline_ms": 0}}}, "gateway.toml: plugins.lb.models.r.deadline_ms: expected an integer"),

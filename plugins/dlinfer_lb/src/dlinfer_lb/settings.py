@@ -162,6 +162,10 @@ def check_url(url: str, where: str) -> str:
         )
     if parts.query or parts.fragment:
         raise ConfigError(f"{where}: expected a base address with no query or fragment, got {url!r}")
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        raise ConfigError(f"{where}: expected a port from 1 to 65535, got {url!r}") from None
     return url.rstrip("/")
 
 
