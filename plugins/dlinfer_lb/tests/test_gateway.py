@@ -161,3 +161,14 @@ def test_version_aware_routing(start_gateway, helpers, tmp_path) -> None:
         r = requests.post(f"{url}/3/infer", json=helpers.X, timeout=5)
         assert r.status_code == 404 and "version 3 is not in the repository of any node" in r.json()["error"]
         assert requests.get(f"{url}/1/ready", timeout=5).json()["ready"] is True
+
+        # Model control fans out to every node; the index shows the result at once.
+        assert requests.post(f"{gw.url}/v2/repository/models/vm/unload", timeout=10).status_code == 200
+        index = requests.post(f"{gw.url}/v2/repository/index", timeout=5).json()
+        assert {r["state"] for r in index if r["name"] == "vm"} == {"UNAVAILABLE"}
+        r = requests.post(f"{gw.url}/v2/models/vm/infer", json=helpers.X, timeout=5)
+        assert r.status_code == 503 and "not ready on any node" in r.json()["error"]
+        assert requests.post(f"{gw.url}/v2/repository/models/vm/load", timeout=30).status_code == 200
+        assert requests.post(f"{gw.url}/v2/models/vm/infer", json=helpers.X, timeout=5).status_code == 200
+        r = requests.post(f"{gw.url}/v2/repository/models/nothere/load", timeout=10)
+        assert r.status_code == 404 and r.json()["error"].startswith("node http://127.0.0.1:")
