@@ -55,3 +55,21 @@ def test_convert_skips_opencv_where_it_differs_from_caffe(tmp_path: Path, capsys
     write_caffe_model(tmp_path, text)
     assert main(["convert", str(tmp_path), "--from", "caffe", "-o", str(tmp_path / "n.onnx")]) == 0
     assert "not compared with OpenCV DNN: layer 'n': OpenCV ignores LRN's k" in capsys.readouterr().out
+
+
+def test_convert_applies_the_model_configs_transform(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import onnx
+
+    version = tmp_path / "m" / "1"
+    text = 'name: "n"\ninput: "data"\ninput_dim: 1 input_dim: 3 input_dim: 4 input_dim: 4\n' + L("r", "ReLU", "data")
+    write_caffe_model(version, text)
+    config = tmp_path / "m" / "config.toml"
+    config.write_text('[parameters]\nopset = 17\n[parameters.transform]\nlayout = "NHWC"\ndatatype = "UINT8"\n')
+    out = tmp_path / "m.onnx"
+    assert main(["convert", str(version), "--from", "caffe", "--model-config", str(config), "-o", str(out)]) == 0
+    assert "the input transform is part of the graph" in capsys.readouterr().out
+    model = onnx.load(str(out))
+    assert model.opset_import[0].version == 17
+    (inp,) = model.graph.input
+    assert inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim] == ["batch", 4, 4, 3]

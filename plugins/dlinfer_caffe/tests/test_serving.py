@@ -215,3 +215,33 @@ def test_every_layer_net_served_matches_opencv(tmp_path: Path) -> None:
             for out in outputs:
                 got = result.as_numpy(out)
                 assert relative_error(expected[out].reshape(got.shape), got) <= 1e-4, (name, out)
+
+
+def test_onnx_optimizers_take_the_converted_model(tmp_path: Path) -> None:
+    """``optimize = ["openvino"]`` on a Caffe model: the optimizer gets its ONNX form from
+    this plugin's converter (input transform included) and serves what OpenCV computes."""
+    pytest.importorskip("dlinfer_mkl")
+    pytest.importorskip("openvino")
+    from dlinfer.testing import write_model
+    from dlinfer_caffe.testing import mobilenet
+
+    root = tmp_path / "models"
+    version = root / "mobilenet" / "1"
+    write_caffe_model(version, mobilenet(8, 4), seed=6)
+    transform = {"layout": "NHWC", "channel_swap": True, "mean_value": [104.0, 117.0, 123.0], "scale": 0.017}
+    write_model(root, "mobilenet", 1, config={"optimize": ["openvino"], "parameters": {"transform": transform}})
+    images = np.random.default_rng(8).uniform(0, 255, (2, 224, 224, 3)).astype(np.float32)
+    with RunningNode(node_config(root)) as node:
+        client = httpclient.InferenceServerClient(node.url.removeprefix("http://"))
+        meta = client.get_model_metadata("mobilenet")
+        assert meta["platform"] == "openvino"
+        assert meta["inputs"][0]["shape"] == [-1, 224, 224, 3]
+        inp = httpclient.InferInput("data", list(images.shape), "FP32")
+        inp.set_data_from_numpy(images)
+        got = client.infer("mobilenet", [inp]).as_numpy("prob")
+    blob = (
+        images[..., ::-1].transpose(0, 3, 1, 2) - np.array([104.0, 117.0, 123.0], np.float32)[:, None, None]
+    ) * 0.017
+    files = (version / "deploy.prototxt", version / "model.caffemodel")
+    expected = opencv_outputs(*files, {"data": np.ascontiguousarray(blob, np.float32)}, ["prob"])
+    assert relative_error(expected["prob"].reshape(got.shape), got) <= 1e-4

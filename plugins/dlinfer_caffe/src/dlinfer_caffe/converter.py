@@ -118,20 +118,32 @@ class CaffeToOnnx(Converter):
     target_format = "onnx"
 
     def convert(self, src: Path, dst: Path, options: ConvertOptions) -> ConvertResult:
+        # The model as the node serves it: its config's opset and input transform apply too.
+        params = options.model_config.parameters
         try:
             prototxt, caffemodel = model_files(src, options.extra)
             bar = _ProgressBar(f"converting {prototxt.name}")
             try:
                 model = convert_files(
-                    prototxt, caffemodel, opset=options.opset, dynamic_batch=options.dynamic_batch, progress=bar
+                    prototxt,
+                    caffemodel,
+                    opset=options.opset or params.get("opset"),
+                    dynamic_batch=options.dynamic_batch,
+                    progress=bar,
                 )
             finally:
                 bar.close()
+            if "transform" in params:
+                from .transform import parse_transform, prepend_transform
+
+                model = prepend_transform(model, parse_transform(params["transform"], prototxt.parent))
         except ModelLoadError as exc:
             raise ConfigError(f"{src}: {exc}") from None
         dst.write_bytes(model.SerializeToString())
         if not options.validate:
             return ConvertResult(dst, notes=("not validated (--no-validate)",))
+        if "transform" in params:
+            return ConvertResult(dst, notes=("not compared with OpenCV DNN: the input transform is part of the graph",))
         return self._validate(prototxt, caffemodel, dst, model, options)
 
     def _validate(
