@@ -17,6 +17,7 @@ from dlinfer.config import node_config_from_dict
 from dlinfer.model import model_config_from_dict
 from dlinfer.testing import RunningNode, node_config, write_model
 from dlinfer_torch import testing as tt
+from dlinfer_torch import threads
 from dlinfer_torch.loader import TorchLoader
 
 CNN_INPUT = {"name": "image", "datatype": "FP32", "shape": [3, 16, 16]}
@@ -159,14 +160,30 @@ def test_unknown_device_refused(tmp_path: Path) -> None:
         _loader().load(_config(device="tpu", input=[CNN_INPUT]), tmp_path)
 
 
-def test_threads_size_the_process_wide_pool_and_only_grow(tmp_path: Path) -> None:
-    tt.save_torchscript(tt.make(tt.TinyCNN), tmp_path / "model.pt")
-    loader = _loader()
-    loader.load(_config(threads=2, max_batch_size=2, input=[CNN_INPUT]), tmp_path)
-    assert torch.get_num_threads() >= 2
-    grown = torch.get_num_threads()
-    loader.load(_config(threads=1, max_batch_size=2, input=[CNN_INPUT]), tmp_path)
-    assert torch.get_num_threads() == grown
+def test_each_model_runs_on_its_own_thread_count(tmp_path: Path) -> None:
+    """torch.set_num_threads looks global, but each model's worker threads keep their own count."""
+    if not threads.per_thread():
+        pytest.skip("this torch build's intra-op pool is process-wide (not OpenMP)")
+    for name, n in (("one", 1), ("two", 2)):
+        write_model(
+            tmp_path / "models",
+            name,
+            files={"model.pt": tt.save_state_dict(tt.ThreadCount(), tmp_path / f"{name}.pt").read_bytes()},
+            config={
+                "threads": n,
+                "max_batch_size": 4,
+                "input": [{"name": "x", "datatype": "FP32", "shape": [1]}],
+                "parameters": {"model_class": "dlinfer_torch.testing:ThreadCount"},
+            },
+        )
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [0.0]}]}
+    seen = []
+    with RunningNode(node_config(tmp_path / "models")) as node:
+        for name in ("one", "two", "one", "two"):
+            resp = requests.post(f"{node.url}/v2/models/{name}/infer", json=body, timeout=30)
+            assert resp.status_code == 200, resp.text
+            seen.append((name, resp.json()["outputs"][0]["data"][0]))
+    assert seen == [("one", 1.0), ("two", 2.0), ("one", 1.0), ("two", 2.0)]
 
 
 @pytest.mark.gpu

@@ -17,6 +17,7 @@ import numpy as np
 
 from dlinfer import InferenceError, ModelConfig, ModelLoadError, Runner, TensorSpec
 
+from . import threads
 from .modules import PLATFORMS, LoadedModule, summarize
 from .tensors import to_numpy, to_tensor, torch_dtype, v2_of
 
@@ -68,8 +69,10 @@ def forward_arg_names(module: Any) -> list[str] | None:
 class TorchRunner(Runner):
     """One torch module on one device, run under ``torch.inference_mode()``."""
 
-    def __init__(self, loaded: LoadedModule, config: ModelConfig, device: Any) -> None:
+    def __init__(self, loaded: LoadedModule, config: ModelConfig, device: Any, threads: int = 0) -> None:
         self.module = loaded.module
+        #: Intra-op threads of the calling worker thread (0: leave torch's setting).
+        self.threads = threads
         self.device = device
         self.format = loaded.format
         self.platform = PLATFORMS[loaded.format]
@@ -158,6 +161,8 @@ class TorchRunner(Runner):
     def _run(self, inputs: dict[str, np.ndarray]) -> list[tuple[str, Any]]:
         import torch
 
+        if self.threads:
+            threads.use(self.threads)
         args = [to_tensor(np.asarray(inputs[t.name]), self.device) for t in self.inputs]
         with torch.inference_mode():
             result = self.module(*args)

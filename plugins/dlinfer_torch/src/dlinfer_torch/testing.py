@@ -58,6 +58,13 @@ class DictOut(nn.Module):
         return {"logits": logits, "probs": torch.softmax(logits, dim=1)}
 
 
+class ThreadCount(nn.Module):
+    """Answers, per batch row, how many intra-op threads torch uses on the calling thread."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full((x.shape[0], 1), float(torch.get_num_threads()))
+
+
 def make(cls: type[nn.Module], seed: int = 0, **kwargs: Any) -> nn.Module:
     """An instance with seeded random weights, in eval mode (BatchNorm statistics randomised too)."""
     torch.manual_seed(seed)
