@@ -221,3 +221,17 @@ def test_a_model_without_batching_takes_exactly_its_images(served: tuple[Running
     two.set_data_from_numpy(np.array(pngs, dtype=object), binary_data=True)
     with pytest.raises(InferenceServerException, match=r"takes 1 image\(s\) per request, got 2"):
         client.infer("single", [two])
+
+
+def test_png_bytes_over_grpc(served: tuple[RunningNode, Any]) -> None:
+    import tritonclient.grpc as grpcclient
+
+    node, cnn = served
+    pngs = [_png(np.random.default_rng(13), 18, 18)]
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{node.config.server.grpc_port}")
+    inp = grpcclient.InferInput("image", [1], "BYTES")
+    inp.set_data_from_numpy(np.array(pngs, dtype=object))
+    result = client.infer("classify", [inp])
+    top = np.argsort(-_expected_logits(cnn, pngs), axis=1, kind="stable")[:, :3]
+    np.testing.assert_array_equal(result.as_numpy("classes"), top)
+    assert result.as_numpy("labels").tolist() == [[LABELS[i].encode() for i in top[0]]]
