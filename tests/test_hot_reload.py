@@ -17,7 +17,7 @@ import tomli_w
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from dlinfer.testing import RunningNode, node_config, onnx_linear_model, write_model
+from dlinfer.testing import RunningNode, node_config, onnx_linear_model, onnx_slow_model, write_model
 
 X = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
 
@@ -201,33 +201,11 @@ def test_http_client_load_unload_round_trip_with_token(tmp_path: Path) -> None:
         np.testing.assert_array_equal(client.infer("linear", [inp]).as_numpy("probs"), expected_probs(3))
 
 
-def slow_model(seed: int, layers: int = 60, width: int = 512) -> bytes:
-    """``y = tanh(...tanh(x @ W)... @ W)``: enough matrix work that a request stays in flight a while."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = (np.random.default_rng(seed).standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
-    nodes, prev = [], "x"
-    for i in range(layers):
-        nodes += [helper.make_node("MatMul", [prev, "W"], [f"m{i}"]), helper.make_node("Tanh", [f"m{i}"], [f"t{i}"])]
-        prev = f"t{i}"
-    nodes.append(helper.make_node("Identity", [prev], ["y"]))
-    graph = helper.make_graph(
-        nodes,
-        "slow",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", width])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", width])],
-        initializer=[numpy_helper.from_array(w, "W")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    return model.SerializeToString()
-
-
 def test_in_flight_request_finishes_on_the_old_version(tmp_path: Path) -> None:
     from dlinfer.server import REPOSITORY
 
     root = tmp_path / "models"
-    write_model(root, "slow", 1, {"model.onnx": slow_model(1)})
+    write_model(root, "slow", 1, {"model.onnx": onnx_slow_model(1)})
     with RunningNode(node_config(root, limits={"max_batch_size": 4096})) as node:
         repo = node.app[REPOSITORY]
         old = repo.get("slow")
@@ -260,7 +238,7 @@ def test_in_flight_request_finishes_on_the_old_version(tmp_path: Path) -> None:
         t_slow = threading.Thread(target=slow_request)
         t_slow.start()
         wait_for(lambda: old.inflight == 1)
-        write_model(root, "slow", 2, {"model.onnx": slow_model(2)})
+        write_model(root, "slow", 2, {"model.onnx": onnx_slow_model(2)})
         t_load = threading.Thread(target=reload)
         t_load.start()
         wait_for(lambda: repo.get("slow").version == 2)  # swapped while the old request still runs

@@ -267,6 +267,28 @@ def onnx_identity_model(datatype: str, shape: list[int | str] | None = None) -> 
     return _serialize(graph)
 
 
+def onnx_slow_model(seed: int = 0, layers: int = 60, width: int = 512) -> bytes:
+    """``y = tanh(...tanh(x @ W)... @ W)`` on ``x`` [n, width] FP32: a model whose
+    requests take a while (a few thousand rows: about a second on one core), for
+    tests of deadlines, draining and reloads with requests in flight."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = (np.random.default_rng(seed).standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+    nodes, prev = [], "x"
+    for i in range(layers):
+        nodes += [helper.make_node("MatMul", [prev, "W"], [f"m{i}"]), helper.make_node("Tanh", [f"m{i}"], [f"t{i}"])]
+        prev = f"t{i}"
+    nodes.append(helper.make_node("Identity", [prev], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", width])],
+        initializer=[numpy_helper.from_array(w, "W")],
+    )
+    return _serialize(graph)
+
+
 def _serialize(graph: Any) -> bytes:
     import onnx
     from onnx import helper
