@@ -104,3 +104,15 @@ def test_strategy_from_another_plugin(cluster, start_gateway, helpers, tmp_path)
         assert helpers.send(gw.url, "linear", 20).count(200) == 20
     got = [a - b for a, b in zip(cluster.counts("linear"), before, strict=True)]
     assert got[cluster.urls.index(min(cluster.urls))] == 20
+
+
+def test_unreachable_nodes_are_named_in_the_error(start_gateway, helpers, tmp_path) -> None:
+    repo = tmp_path / "models"
+    write_model(repo, "linear", 1, {"model.onnx": onnx_linear_model()})
+    with RunningNode(node_config(repo)) as node:
+        gw = start_gateway(nodes=[node.url], health={"interval_s": 60}, outlier={"consecutive_failures": 100})
+        assert helpers.send(gw.url, "linear", 3).count(200) == 3
+    # The node is gone; the gateway has not noticed yet, so it tries and reports why it failed.
+    r = requests.post(f"{gw.url}/v2/models/linear/infer", json=helpers.X, timeout=10)
+    assert r.status_code == 502
+    assert r.json()["error"].startswith(f"model 'linear': no node could answer: {node.url}: cannot connect")
