@@ -31,7 +31,10 @@ def settings(config: ModelConfig, table: str, allowed: set[str]) -> dict[str, An
 
 
 def _floats(value: Any, n: int, key: str) -> np.ndarray:
-    arr = np.asarray(value, dtype=np.float32).reshape(-1)
+    try:
+        arr = np.asarray(value, dtype=np.float32).reshape(-1)
+    except (TypeError, ValueError):
+        raise ModelLoadError(f"{key} needs numbers, got {value!r}") from None
     if arr.size == 1:
         arr = np.repeat(arr, n)
     if arr.size != n:
@@ -104,6 +107,11 @@ class ImageDecode:
             size = p["size"]
             if not (isinstance(size, list) and len(size) == 2 and all(isinstance(d, int) and d > 0 for d in size)):
                 raise ModelLoadError(f"parameters.image.size must be [height, width], got {size!r}")
+            fixed = target.shape[-2:]
+            if any(d not in (-1, want) for d, want in zip(fixed, size, strict=True)):
+                raise ModelLoadError(
+                    f"parameters.image.size {size} does not fit input {target.name!r} of shape {list(target.shape)}"
+                )
             height, width = size
         if height == -1 or width == -1:
             raise ModelLoadError(f"input {target.name!r} has a dynamic height or width; set parameters.image.size")
