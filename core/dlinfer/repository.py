@@ -182,8 +182,10 @@ class ServedModel:
         ``response_outputs(outputs, config)``, each mapping a list of :class:`TensorSpec` to
         another (an image decoder takes BYTES where the model takes FP32 pixels). Metadata
         and the names a request may use then follow them; processors without these keep
-        the model's tensors.
+        the model's tensors. Requests are checked against the inputs unless a pre-processor
+        in the chain does not describe what it takes.
         """
+        self._check_inputs = all(hasattr(p, "request_inputs") for p in self.preprocess)
         for proc in reversed(self.preprocess):
             if hasattr(proc, "request_inputs"):
                 self.inputs = list(proc.request_inputs(list(self.inputs), self.config))
@@ -217,7 +219,7 @@ class ServedModel:
                 )
             if inp.name in seen:
                 raise InvalidInput(f"input {inp.name!r} is given twice")
-            if not self.preprocess:
+            if self._check_inputs:
                 self._check_tensor(spec, inp.datatype, inp.data.shape)
                 if self.max_batch_size:
                     if batch is not None and inp.data.shape[0] != batch:

@@ -181,6 +181,16 @@ def test_metadata_shows_what_clients_send_and_receive(served: tuple[RunningNode,
     ]
 
 
+def test_more_images_than_max_batch_size_are_refused_before_decoding(served: tuple[RunningNode, Any]) -> None:
+    node, _ = served
+    png = _png(np.random.default_rng(1), 8, 8)
+    client = httpclient.InferenceServerClient(node.url.removeprefix("http://"))
+    inp = httpclient.InferInput("image", [9], "BYTES")
+    inp.set_data_from_numpy(np.array([png] * 9, dtype=object), binary_data=True)
+    with pytest.raises(InferenceServerException, match="exceeds the model's max_batch_size 8"):
+        client.infer("classify", [inp])
+
+
 def test_undecodable_bytes_are_a_clear_400(served: tuple[RunningNode, Any]) -> None:
     node, _ = served
     body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["not an image"]}]}
@@ -219,7 +229,7 @@ def test_a_model_without_batching_takes_exactly_its_images(served: tuple[Running
     )
     two = httpclient.InferInput("image", [2], "BYTES")
     two.set_data_from_numpy(np.array(pngs, dtype=object), binary_data=True)
-    with pytest.raises(InferenceServerException, match=r"takes 1 image\(s\) per request, got 2"):
+    with pytest.raises(InferenceServerException, match=r"shape \[2\] does not match the model's \[1\]"):
         client.infer("single", [two])
 
 
