@@ -101,7 +101,14 @@ def test_keras_code_in_the_file_needs_allow_pickle(tmp_path):
     runner.close()
 
 
-def test_threads_and_onednn_are_set_before_tensorflow_starts(repository):
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, "threads 1 2 1"),  # from node.toml
+        ({"TF_NUM_INTRAOP_THREADS": "2", "TF_NUM_INTEROP_THREADS": "1"}, "threads 2 1 1"),  # the environment wins
+    ],
+)
+def test_threads_and_onednn_are_set_before_tensorflow_starts(repository, environ, expected):
     """TF thread pools are process-wide: the loader sets them from node.toml on first use."""
     code = textwrap.dedent(
         """
@@ -119,7 +126,8 @@ def test_threads_and_onednn_are_set_before_tensorflow_starts(repository):
               tf.config.threading.get_inter_op_parallelism_threads(), os.environ["TF_ENABLE_ONEDNN_OPTS"])
         """
     )
-    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    drop = ("TF_ENABLE_ONEDNN_OPTS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+    env = {**{k: v for k, v in os.environ.items() if k not in drop}, **environ}
     proc = subprocess.run(
         [sys.executable, "-c", code, str(repository / "tf1" / "1")],
         capture_output=True,
@@ -128,7 +136,7 @@ def test_threads_and_onednn_are_set_before_tensorflow_starts(repository):
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "threads 1 2 1" in proc.stdout
+    assert expected in proc.stdout
 
 
 def test_node_starts_without_importing_tensorflow(tmp_path):

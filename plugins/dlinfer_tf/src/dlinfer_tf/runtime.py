@@ -6,6 +6,10 @@ the module is imported. So both are applied here, once, right before the
 first TensorFlow use, from the node's ``[threads]`` table (or the first
 model's own ``threads``). A later model asking for other counts cannot get
 them in this process: that is logged, not silently ignored.
+
+``TF_NUM_INTRAOP_THREADS``/``TF_NUM_INTEROP_THREADS`` in the environment (set
+by the operator, or by the mkl plugin from ``[plugins.mkl]``) win over the
+config, as TensorFlow's own reading of them would.
 """
 
 from __future__ import annotations
@@ -29,6 +33,11 @@ def set_environment() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value.isdigit() else default
+
+
 def import_tensorflow(intra_op: int, inter_op: int) -> ModuleType:
     """``tensorflow``, with its thread pools set on first use.
 
@@ -36,6 +45,8 @@ def import_tensorflow(intra_op: int, inter_op: int) -> ModuleType:
     """
     global _threads
     set_environment()
+    intra_op = _env_int("TF_NUM_INTRAOP_THREADS", intra_op)
+    inter_op = _env_int("TF_NUM_INTEROP_THREADS", inter_op)
     import tensorflow as tf
 
     with _lock:
