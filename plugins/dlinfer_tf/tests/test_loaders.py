@@ -173,3 +173,29 @@ def test_plugin_reports_itself_available(node):
     assert {"dlinfer_model_formats", "dlinfer_converters", "dlinfer_routes", "dlinfer_grpc_services"} <= set(
         tf_plugin["hooks"]
     )
+
+
+def test_keras_multi_input_multi_output(tmp_path):
+    import keras
+    import numpy as np
+
+    keras.utils.set_random_seed(1)
+    a = keras.Input((4,), name="a")
+    b = keras.Input((2,), name="b", dtype="int32")
+    joined = keras.layers.Concatenate()([a, keras.layers.Embedding(5, 3)(b)[:, 0, :]])
+    head = keras.layers.Dense(3, name="head")(joined)
+    score = keras.layers.Dense(1, activation="sigmoid", name="score")(joined)
+    model = keras.Model([a, b], [head, score])
+    model.save(tmp_path / "two.keras")
+
+    runner = KerasLoader(NodeConfig()).load(ModelConfig(), tmp_path)
+    assert [(t.name, t.datatype, t.shape) for t in runner.inputs] == [("a", "FP32", (-1, 4)), ("b", "INT32", (-1, 2))]
+    assert [(t.name, t.shape) for t in runner.outputs] == [("head", (-1, 3)), ("score", (-1, 1))]
+    rng = np.random.default_rng(0)
+    xa = rng.standard_normal((3, 4)).astype(np.float32)
+    xb = rng.integers(0, 5, (3, 2)).astype(np.int32)
+    got = runner.predict({"a": xa, "b": xb})
+    want = model([xa, xb])
+    np.testing.assert_allclose(got["head"], want[0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(got["score"], want[1].numpy(), atol=1e-5)
+    runner.close()
