@@ -257,6 +257,19 @@ class ServedModel:
             outputs = proc(outputs, self.config)
         return outputs
 
+    def refuse_if_full(self) -> None:
+        """Raise :class:`Overloaded` now if the queue is full.
+
+        Frontends call it before reading a request body, so a refused request
+        costs no decoding; ``infer`` checks again when the request is queued.
+        """
+        try:
+            self.scheduler.refuse_if_full()
+        except Overloaded:
+            for o in self.scheduler.observers:
+                o.finished("overloaded", 0.0)
+            raise
+
     async def infer(self, request: InferenceRequest, timeout_s: float | None = None) -> InferenceResponse:
         """Validate, schedule and run a request; never blocks the event loop."""
         t0 = time.perf_counter()

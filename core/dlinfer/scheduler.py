@@ -117,8 +117,9 @@ class DirectScheduler:
         assert self._slots is not None
         self._slots.release()
 
-    def _refuse_if_full(self) -> None:
-        if self.queued >= self.max_queue_size:
+    def refuse_if_full(self) -> None:
+        """Raise :class:`Overloaded` if every instance is busy and the queue is full."""
+        if self._slots is not None and self._slots.locked() and self.queued >= self.max_queue_size:
             raise Overloaded(
                 f"model {self.name!r} is overloaded: {self.queued} requests queued "
                 f"(queue limit {self.max_queue_size}); retry later"
@@ -128,8 +129,7 @@ class DirectScheduler:
         """Run ``inputs`` through the model; ``deadline`` is a ``time.monotonic()`` value."""
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.pool.instance_count)
-        if self._slots.locked():
-            self._refuse_if_full()
+        self.refuse_if_full()
         t0 = time.perf_counter()
         self.queued += 1
         try:
@@ -188,7 +188,8 @@ class _Queued:
     queued: bool = True
 
 
-def _merge_key(inputs: Batch) -> tuple[tuple[int, tuple[Any, ...]] | None, ...] | None:
+def _merge_key(inputs: Batch) -> tuple[tuple[str, str, tuple[int, ...]], ...] | None:
+    """What must agree for two requests to share a batch: names, dtypes, non-batch dimensions."""
     arrays = list(inputs.values())
     if not arrays or any(a.ndim == 0 for a in arrays):
         return None
@@ -242,11 +243,7 @@ class DynamicBatcher:
         """Queue ``inputs`` for the next batch; ``deadline`` is a ``time.monotonic()`` value."""
         if self._closed:
             raise Unavailable(f"model {self.name!r} is being unloaded")
-        if len(self._queue) >= self.max_queue_size:
-            raise Overloaded(
-                f"model {self.name!r} is overloaded: {len(self._queue)} requests queued "
-                f"(queue limit {self.max_queue_size}); retry later"
-            )
+        self.refuse_if_full()
         loop = asyncio.get_running_loop()
         item = _Queued(inputs, _rows(inputs), _merge_key(inputs), loop.create_future(), time.monotonic(), deadline)
         self._queue.append(item)
@@ -264,6 +261,14 @@ class DynamicBatcher:
             if item.queued:
                 item.queued = False
                 self._queue.remove(item)  # dropped before any compute
+
+    def refuse_if_full(self) -> None:
+        """Raise :class:`Overloaded` if the queue is full."""
+        if len(self._queue) >= self.max_queue_size:
+            raise Overloaded(
+                f"model {self.name!r} is overloaded: {len(self._queue)} requests queued "
+                f"(queue limit {self.max_queue_size}); retry later"
+            )
 
     # ------------------------------------------------------------ dispatching
 

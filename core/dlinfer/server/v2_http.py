@@ -102,7 +102,7 @@ def pick_codec(request: web.Request) -> Any:
 async def infer(request: web.Request) -> web.Response:
     if request.app[STATE].draining:
         raise Unavailable("server is shutting down")
-    _model(request)  # unknown model: 404 before the body is read
+    _model(request).refuse_if_full()  # unknown model: 404, full queue: 429, before the body is read
     body = await read_body(request)
     codec = pick_codec(request)
     infer_request = codec.decode(body, request.headers)
