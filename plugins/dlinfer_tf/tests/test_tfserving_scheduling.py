@@ -80,3 +80,12 @@ def test_onnx_model_over_tfserving(node, grpc_target):
         f"{node.url}/v1/models/linear:predict", json={"signature_name": "other", "instances": x.tolist()}, timeout=30
     )
     assert bad.status_code == 400 and "other" in bad.json()["error"]
+
+
+def test_other_signatures_are_counted_under_the_model(node):
+    before = _metric(requests.get(f"{node.url}/metrics", timeout=10).text, "dlinfer_inference_request_success", "multi")
+    body = {"signature_name": "scale", "instances": [[1.0, 2.0, 3.0, 4.0]]}
+    for _ in range(3):
+        assert requests.post(f"{node.url}/v1/models/multi:predict", json=body, timeout=30).status_code == 200
+    after = _metric(requests.get(f"{node.url}/metrics", timeout=10).text, "dlinfer_inference_request_success", "multi")
+    assert after - before == 3

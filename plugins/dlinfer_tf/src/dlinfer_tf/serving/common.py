@@ -89,6 +89,8 @@ def for_signature(repository: ModelRepository, model: ServedModel, name: str) ->
             repository.plugins,
             platform=model.platform,
         )
+        # The model's observers (metrics, ...) watch this signature too, under the model's name and version.
+        served.scheduler.observers.extend(model.scheduler.observers)
         model.runner.add_signature_model(name, served)
     return served
 
