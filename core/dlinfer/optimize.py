@@ -59,8 +59,11 @@ class OptimizeContext:
     cache: dict[str, Any] = attrs.field(factory=dict)
 
     def threads(self) -> int:
-        """Intra-op threads for a new session: the model's setting, else the node's."""
-        return self.config.threads or self.node_config.intra_op_threads
+        """Intra-op threads per instance for a new session, by the rule loaders use
+        (:meth:`dlinfer.Loader.threads`): the model's setting, else the node's, else the
+        cores shared among the model's instances."""
+        explicit = self.config.threads or self.node_config.threads.intra_op
+        return explicit or max(1, self.node_config.intra_op_threads // self.config.instance_count)
 
 
 class Optimizer(abc.ABC):

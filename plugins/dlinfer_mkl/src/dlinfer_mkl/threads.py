@@ -108,7 +108,8 @@ def apply_process_settings(s: ThreadSettings, environ: Any = os.environ) -> dict
 class Threads(Optimizer):
     """Size a model's math thread pool to the physical cores (or ``intra_op``).
 
-    Options: ``intra_op`` (default: the model's ``threads``, else physical cores).
+    Options: ``intra_op`` (default: the model's ``threads``, else the physical cores divided
+    among the model's ``instance_count`` instances).
     ONNX Runtime and OpenVINO sessions are rebuilt with the new count; torch's pool is
     process-wide, so its size is set for every torch model of the node.
     """
@@ -118,7 +119,9 @@ class Threads(Optimizer):
     autotune = False
 
     def optimize(self, runner: Runner, ctx: OptimizeContext) -> Runner:
-        n = int(ctx.options.get("intra_op", 0)) or ctx.config.threads or physical_cores()
+        # One math thread per physical core, shared among the model's instances.
+        n = int(ctx.options.get("intra_op", 0)) or ctx.config.threads
+        n = n or max(1, physical_cores() // ctx.config.instance_count)
         platform = getattr(runner, "platform", "")
         if platform.startswith("pytorch"):
             import torch
