@@ -341,7 +341,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
         rows = []
         for r in results["overload"]:
             o = r["outcomes"]
-            lost = sum(n for k, n in o.items() if k not in ("200", "429", "503"))
+            lost = sum(n for k, n in o.items() if k not in ("200", "429", "503", "client-limit"))
             rows.append(
                 [
                     r["model"],
@@ -350,12 +350,13 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
                     r["sent_rps"],
                     r["rps"],
                     o.get("429", 0) / args.duration,
+                    o.get("client-limit", 0),
                     lost,
                     r["p50_ms"],
                     r["p99_ms"],
                 ]
             )
-        header = ["model", "protocol", "offered/s", "sent/s", "200/s", "429/s", "lost", "p50 ms", "p99 ms"]
+        header = ["model", "protocol", "offered/s", "sent/s", "200/s", "429/s", "unsent", "lost", "p50 ms", "p99 ms"]
         print(table(header, rows))
 
 

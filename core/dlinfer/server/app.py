@@ -116,7 +116,8 @@ async def serve(config: NodeConfig, plugins: Plugins | None = None) -> None:
         app, access_log=None, handle_signals=False, handler_cancellation=True, shutdown_timeout=_RESPONSE_GRACE_S
     )
     await runner.setup()
-    site = web.TCPSite(runner, config.server.host, config.server.http_port, reuse_address=True)
+    # A deep accept backlog: bursts of new connections get a 429 from the scheduler, not a reset.
+    site = web.TCPSite(runner, config.server.host, config.server.http_port, reuse_address=True, backlog=2048)
     await site.start()
     log.info("dlinfer serving HTTP on http://%s:%d", config.server.host, config.server.http_port)
     stop = asyncio.Event()
