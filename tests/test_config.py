@@ -19,7 +19,10 @@ BAD_NODE_CONFIGS = [
     ("[server]\nhttpport = 1\n", "server.httpport: unknown key; expected one of"),
     ("[serverr]\n", "serverr: unknown key; expected one of"),
     ("server = 3\n", "server: expected a table, got 3 (int)"),
-    ("[repository]\ncontrol_mode = 'sometimes'\n", "repository.control_mode: expected one of 'none', 'explicit', 'poll'"),
+    (
+        "[repository]\ncontrol_mode = 'sometimes'\n",
+        "repository.control_mode: expected one of 'none', 'explicit', 'poll'",
+    ),
     ("[plugins]\ndisable = 'onnx'\n", "plugins.disable: expected an array of strings, got 'onnx' (str)"),
     ("[plugins]\ndisable = ['onnx', 3]\n", "plugins.disable[1]: expected a string, got 3 (int)"),
     ("[limits]\nmax_body_bytes = 10\n", "limits.max_body_bytes: expected an integer >= 1024, got 10 (int)"),

@@ -141,14 +141,17 @@ def test_pickle_needs_node_opt_in(tmp_path: Path) -> None:
 
 def test_config_tensor_mismatch_is_a_load_error(tmp_path: Path) -> None:
     write_model(
-        tmp_path, "m", 1, {"model.onnx": onnx_linear_model()},
+        tmp_path,
+        "m",
+        1,
+        {"model.onnx": onnx_linear_model()},
         config={"input": [{"name": "x", "datatype": "INT64", "shape": [4]}]},
     )
     write_model(tmp_path, "fixed", 1, {"model.onnx": onnx_linear_model(batch=1)}, config={"max_batch_size": 8})
     repo = _repo(tmp_path)
 
     async def run() -> None:
-        with pytest.raises(ModelLoadError, match="config.toml says input 'x' is INT64, the model says FP32"):
+        with pytest.raises(ModelLoadError, match=r"config\.toml says input 'x' is INT64, the model says FP32"):
             await repo.load("m")
         with pytest.raises(ModelLoadError, match=r"max_batch_size is 8 but inputs \['x'\] have no dynamic first"):
             await repo.load("fixed")

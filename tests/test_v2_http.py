@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -25,7 +25,9 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
     for dt in [*DATATYPES, "BYTES"]:
         write_model(root, f"id_{dt.lower()}", 1, {"model.onnx": onnx_identity_model(dt)})
     write_model(root, "spare", 1, {"model.onnx": onnx_linear_model(seed=3)})
-    cfg = node_config(root, limits={"max_body_bytes": 64 * 1024}, repository={"startup_models": ["linear", "id_*", "broken"]})
+    cfg = node_config(
+        root, limits={"max_body_bytes": 64 * 1024}, repository={"startup_models": ["linear", "id_*", "broken"]}
+    )
     with RunningNode(cfg) as n:
         yield n
 
@@ -36,7 +38,10 @@ def _ort(seed: int, x: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _infer_body(x: np.ndarray, name: str = "x", datatype: str = "FP32", **extra: object) -> dict:
-    return {"inputs": [{"name": name, "datatype": datatype, "shape": list(x.shape), "data": x.ravel().tolist()}], **extra}
+    return {
+        "inputs": [{"name": name, "datatype": datatype, "shape": list(x.shape), "data": x.ravel().tolist()}],
+        **extra,
+    }
 
 
 def test_health_and_metadata(node: RunningNode) -> None:
@@ -118,30 +123,79 @@ BAD_REQUESTS = [
     ("linear", b"[1, 2]", 400, "request body must be a JSON object"),
     ("linear", b'{"inputs": []}', 400, "'inputs' is empty"),
     ("linear", b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4]}]}', 400, "missing 'data'"),
-    ("linear", b'{"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 4], "data": [1,2,3,4]}]}', 400,
-     "datatype FP64 does not match the model's FP32"),
-    ("linear", b'{"inputs": [{"name": "x", "datatype": "FLOAT", "shape": [1, 4], "data": [1,2,3,4]}]}', 400,
-     "unsupported datatype 'FLOAT'"),
-    ("linear", b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 5], "data": [1,2,3,4,5]}]}', 400,
-     "shape [1, 5] does not match the model's [-1, 4]"),
-    ("linear", b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1,2,3]}]}', 400,
-     "shape [1, 4] needs 4 elements, but 'data' has 3"),
-    ("linear", b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, -4], "data": [1]}]}', 400,
-     "'shape' must be an array of non-negative integers"),
-    ("linear", b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": ["a","b","c","d"]}]}', 400,
-     "datatype FP32 needs numbers, got strings"),
-    ("linear", b'{"inputs": [{"name": "z", "datatype": "FP32", "shape": [1, 4], "data": [1,2,3,4]}]}', 400,
-     "model 'linear' has no input 'z'"),
-    ("linear", b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [[1,2],[3]]}]}', 400,
-     "not a regular array"),
-    ("linear", b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1,2,3,4]}],'
-     b' "outputs": [{"name": "nope"}]}', 400, "model 'linear' has no output 'nope'"),
-    ("id_int8", b'{"inputs": [{"name": "x", "datatype": "INT8", "shape": [1, 3], "data": [1, 2, 300]}]}', 400,
-     "value out of range for INT8"),
-    ("id_int32", b'{"inputs": [{"name": "x", "datatype": "INT32", "shape": [1, 3], "data": [1.5, 2, 3]}]}', 400,
-     "datatype INT32 needs integers, got floating-point numbers"),
-    ("id_bool", b'{"inputs": [{"name": "x", "datatype": "BOOL", "shape": [1, 3], "data": [1, 0, 1]}]}', 400,
-     "datatype BOOL needs true/false values"),
+    (
+        "linear",
+        b'{"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 4], "data": [1,2,3,4]}]}',
+        400,
+        "datatype FP64 does not match the model's FP32",
+    ),
+    (
+        "linear",
+        b'{"inputs": [{"name": "x", "datatype": "FLOAT", "shape": [1, 4], "data": [1,2,3,4]}]}',
+        400,
+        "unsupported datatype 'FLOAT'",
+    ),
+    (
+        "linear",
+        b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 5], "data": [1,2,3,4,5]}]}',
+        400,
+        "shape [1, 5] does not match the model's [-1, 4]",
+    ),
+    (
+        "linear",
+        b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1,2,3]}]}',
+        400,
+        "shape [1, 4] needs 4 elements, but 'data' has 3",
+    ),
+    (
+        "linear",
+        b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, -4], "data": [1]}]}',
+        400,
+        "'shape' must be an array of non-negative integers",
+    ),
+    (
+        "linear",
+        b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": ["a","b","c","d"]}]}',
+        400,
+        "datatype FP32 needs numbers, got strings",
+    ),
+    (
+        "linear",
+        b'{"inputs": [{"name": "z", "datatype": "FP32", "shape": [1, 4], "data": [1,2,3,4]}]}',
+        400,
+        "model 'linear' has no input 'z'",
+    ),
+    (
+        "linear",
+        b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [[1,2],[3]]}]}',
+        400,
+        "not a regular array",
+    ),
+    (
+        "linear",
+        b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1,2,3,4]}],'
+        b' "outputs": [{"name": "nope"}]}',
+        400,
+        "model 'linear' has no output 'nope'",
+    ),
+    (
+        "id_int8",
+        b'{"inputs": [{"name": "x", "datatype": "INT8", "shape": [1, 3], "data": [1, 2, 300]}]}',
+        400,
+        "value out of range for INT8",
+    ),
+    (
+        "id_int32",
+        b'{"inputs": [{"name": "x", "datatype": "INT32", "shape": [1, 3], "data": [1.5, 2, 3]}]}',
+        400,
+        "datatype INT32 needs integers, got floating-point numbers",
+    ),
+    (
+        "id_bool",
+        b'{"inputs": [{"name": "x", "datatype": "BOOL", "shape": [1, 3], "data": [1, 0, 1]}]}',
+        400,
+        "datatype BOOL needs true/false values",
+    ),
     ("nope", b'{"inputs": []}', 404, "unknown model 'nope'"),
     ("broken", b'{"inputs": []}', 503, "model 'broken' is not ready"),
 ]
@@ -206,3 +260,16 @@ def test_plugins_endpoint(node: RunningNode) -> None:
     plugins = {p["name"]: p for p in requests.get(f"{node.url}/v2/-/plugins").json()}
     assert plugins["onnx"]["distribution"] == "dlinfer-onnx"
     assert plugins["onnx"]["hooks"] == ["dlinfer_model_formats"]
+
+
+def test_bytes_that_are_not_utf8_are_a_client_error(node: RunningNode) -> None:
+    # JSON strings are always valid text; raw bytes arrive through the binary tensor extension.
+    payload = b"".join(len(s).to_bytes(4, "little") + s for s in (b"ok", b"\xff\xfe", b"x"))
+    tensor = {"name": "x", "datatype": "BYTES", "shape": [1, 3], "parameters": {"binary_data_size": len(payload)}}
+    header = json.dumps({"inputs": [tensor]}).encode()
+    r = requests.post(
+        f"{node.url}/v2/models/id_bytes/infer",
+        data=header + payload,
+        headers={"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"},
+    )
+    assert r.status_code == 400 and "not UTF-8" in r.json()["error"]

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from dlinfer import Loader, ModelConfig, Runner, TensorSpec, hookimpl
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from dlinfer import Loader, ModelConfig, ModelLoadError, Runner, TensorSpec
+
+from dlinfer import InvalidInput, Loader, ModelConfig, ModelLoadError, Runner, TensorSpec
 
 #: ONNX Runtime type strings -> V2 datatypes.
 ORT_TO_V2 = {
@@ -56,9 +57,12 @@ def model_file(path: Path, config: ModelConfig) -> Path:
     return f
 
 
-def _as_text(arr: np.ndarray) -> np.ndarray:
+def _as_text(name: str, arr: np.ndarray) -> np.ndarray:
     """ONNX Runtime string tensors hold ``str``; V2 BYTES arrive as ``bytes``."""
-    flat = [v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else str(v) for v in arr.ravel().tolist()]
+    try:
+        flat = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in arr.ravel().tolist()]
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"input {name!r}: this model takes text, and an element is not UTF-8: {exc}") from None
     return np.array(flat, dtype=object).reshape(arr.shape)
 
 
@@ -75,7 +79,7 @@ class OnnxRunner(Runner):
         self._strings = {t.name for t in self.inputs if t.datatype == "BYTES"}
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feed = {k: (_as_text(v) if k in self._strings else v) for k, v in inputs.items()}
+        feed = {k: (_as_text(k, v) if k in self._strings else v) for k, v in inputs.items()}
         results = self.session.run(self._output_names, feed)
         return dict(zip(self._output_names, results, strict=True))
 
