@@ -13,7 +13,9 @@ import numpy as np
 
 
 @attrs.define
-class InferInput:
+class Tensor:
+    """A named tensor on the wire: V2 datatype, shape, numpy data, per-tensor parameters."""
+
     name: str
     datatype: str
     shape: tuple[int, ...]
@@ -38,13 +40,12 @@ class InferenceRequest:
         return {i.name: i.data for i in self.inputs}
 
 
-@attrs.define
-class InferOutput:
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-    data: np.ndarray
-    parameters: dict[str, Any] = attrs.field(factory=dict)
+class InferInput(Tensor):
+    """A request's input tensor."""
+
+
+class InferOutput(Tensor):
+    """A response's output tensor."""
 
 
 @attrs.define

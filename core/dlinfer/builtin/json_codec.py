@@ -151,18 +151,24 @@ def loads(body: bytes) -> Any:
             gc.enable()
 
 
-def decode_request(body: bytes, tensor_source: TensorSource | None = None) -> InferenceRequest:
-    """Parse a V2 JSON inference request body.
-
-    ``tensor_source`` lets the binary tensor extension supply inputs whose
-    bytes follow the JSON header instead of a ``data`` field.
-    """
+def load_object(body: bytes) -> dict[str, Any]:
+    """A request body that must be one JSON object; anything else is :class:`InvalidInput`."""
     try:
         doc = loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"malformed JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise InvalidInput("request body must be a JSON object")
+    return doc
+
+
+def decode_request(body: bytes, tensor_source: TensorSource | None = None) -> InferenceRequest:
+    """Parse a V2 JSON inference request body.
+
+    ``tensor_source`` lets the binary tensor extension supply inputs whose
+    bytes follow the JSON header instead of a ``data`` field.
+    """
+    doc = load_object(body)
     raw_inputs = _require(doc, "inputs", list, "request")
     if not raw_inputs:
         raise InvalidInput("request: 'inputs' is empty")

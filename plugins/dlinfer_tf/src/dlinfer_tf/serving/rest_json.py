@@ -11,17 +11,12 @@ import numpy as np
 import orjson
 
 from dlinfer import InvalidInput, TensorSpec
-from dlinfer.builtin.json_codec import loads, tensor_from_json
+from dlinfer.builtin.json_codec import load_object, tensor_from_json
 from dlinfer.inference import InferInput, InferOutput
 
 
 def parse_body(body: bytes) -> dict[str, Any]:
-    try:
-        doc = loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"malformed JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidInput("request body must be a JSON object")
+    doc = load_object(body)
     name = doc.get("signature_name", "")
     if not isinstance(name, str):
         raise InvalidInput("'signature_name' must be a string")
