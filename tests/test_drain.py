@@ -108,7 +108,8 @@ def y_of(resp: requests.Response) -> np.ndarray:
 
 def test_sigterm_drains_every_admitted_request(tmp_path: Path) -> None:
     root = tmp_path / "models"
-    write_model(root, "slow", 1, SLOW, config={"instance_count": 1, "parameters": {"delay_s": 0.5}})
+    # 4 requests of 1 s: the drain lasts long enough to observe readiness and refusals during it.
+    write_model(root, "slow", 1, SLOW, config={"instance_count": 1, "parameters": {"delay_s": 1.0}})
     node = NodeProcess(root, tmp_path, drain_timeout_s=30)
     try:
         xs = [np.full((1, 2), i, dtype=np.float32) for i in range(4)]
@@ -154,7 +155,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
         cfg: dict[str, Any] = {
             "max_batch_size": 4,
             "instance_count": 1,
-            "parameters": {"delay_s": 1.0, "record": str(folder / f"{name}.log")},
+            "parameters": {"delay_s": 2.0, "record": str(folder / f"{name}.log")},
         }
         if batching is not None:
             cfg["dynamic_batching"] = batching

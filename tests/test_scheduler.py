@@ -115,7 +115,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
             "max_batch_size": 4,
             "instance_count": 1,
             "max_queue_size": 1,
-            "parameters": {"delay_s": 1.0, "record": str(record / f"{name}.log")},
+            # Long enough for the test to queue and refuse requests behind the first one, even on a busy machine.
+            "parameters": {"delay_s": 2.0, "record": str(record / f"{name}.log")},
         }
         if batching is not None:
             cfg["dynamic_batching"] = batching
