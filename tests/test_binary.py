@@ -16,7 +16,7 @@ from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 
 from dlinfer.builtin.binary_codec import tensor_from_bytes, tensor_to_bytes
 from dlinfer.errors import InvalidInput
-from dlinfer.testing import RunningNode, node_config, onnx_identity_model, onnx_linear_model, write_model
+from dlinfer.testing import RunningNode, node_config, onnx_linear_model, write_identity_models, write_model
 
 DATATYPES = ["FP32", "INT64", "BOOL", "BYTES", "FP16", "INT8", "UINT8", "FP64"]
 
@@ -40,8 +40,7 @@ def sample(datatype: str, shape: tuple[int, ...] = (2, 3)) -> np.ndarray:
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
     root = tmp_path_factory.mktemp("binary") / "models"
-    for dt in DATATYPES:
-        write_model(root, f"id_{dt.lower()}", 1, {"model.onnx": onnx_identity_model(dt)})
+    write_identity_models(root, DATATYPES)
     write_model(root, "linear", 1, {"model.onnx": onnx_linear_model()})
     with RunningNode(node_config(root)) as n:
         yield n

@@ -15,7 +15,7 @@ from tritonclient.utils import InferenceServerException
 
 from dlinfer import hookimpl
 from dlinfer.plugins import Plugins
-from dlinfer.testing import RunningNode, node_config, onnx_identity_model, onnx_linear_model, write_model
+from dlinfer.testing import RunningNode, node_config, onnx_linear_model, write_identity_models, write_model
 
 DATATYPES = ["FP32", "INT64", "BOOL", "BYTES", "FP16", "INT8", "UINT16", "FP64"]
 TOKEN = "s3cret-token"
@@ -52,8 +52,7 @@ class EchoService:
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
     root = tmp_path_factory.mktemp("grpc") / "models"
-    for dt in DATATYPES:
-        write_model(root, f"id_{dt.lower()}", 1, {"model.onnx": onnx_identity_model(dt)})
+    write_identity_models(root, DATATYPES)
     write_model(root, "linear", 1, {"model.onnx": onnx_linear_model()})
     config = node_config(root, repository={"control_token": TOKEN})
     plugins = Plugins(config).load()

@@ -11,7 +11,7 @@ import pytest
 import requests
 import tritonclient.http as triton
 
-from dlinfer.testing import RunningNode, node_config, onnx_identity_model, onnx_linear_model, write_model
+from dlinfer.testing import RunningNode, node_config, onnx_linear_model, write_identity_models, write_model
 
 DATATYPES = ["BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "FP16", "FP32", "FP64"]
 
@@ -22,8 +22,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
     write_model(root, "linear", 1, {"model.onnx": onnx_linear_model(seed=1)})
     write_model(root, "linear", 2, {"model.onnx": onnx_linear_model(seed=2)}, config={"version_policy": {"all": True}})
     write_model(root, "broken", 1, {"model.onnx": b"not an onnx file"})
-    for dt in [*DATATYPES, "BYTES"]:
-        write_model(root, f"id_{dt.lower()}", 1, {"model.onnx": onnx_identity_model(dt)})
+    write_identity_models(root, [*DATATYPES, "BYTES"])
     write_model(root, "spare", 1, {"model.onnx": onnx_linear_model(seed=3)})
     cfg = node_config(
         root, limits={"max_body_bytes": 64 * 1024}, repository={"startup_models": ["linear", "id_*", "broken"]}

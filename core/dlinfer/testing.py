@@ -289,6 +289,12 @@ def onnx_slow_model(seed: int = 0, layers: int = 60, width: int = 512) -> bytes:
     return _serialize(graph)
 
 
+def write_identity_models(repository: Path, datatypes: list[str]) -> None:
+    """One identity model per datatype, named ``id_<datatype>`` (e.g. ``id_fp32``), version 1."""
+    for dt in datatypes:
+        write_model(repository, f"id_{dt.lower()}", 1, {"model.onnx": onnx_identity_model(dt)})
+
+
 def _serialize(graph: Any) -> bytes:
     import onnx
     from onnx import helper
