@@ -15,7 +15,8 @@ sessions) is measured in the same run, so ``% ceil`` compares like with like.
 
 Variants: ``direct`` = one instance using every core; ``x2`` = two instances of
 one core each; ``batched`` = one instance with ``[dynamic_batching]`` (no delay:
-a free instance takes whatever is queued). The overload run offers twice the
+a free instance takes whatever is queued); ``batched_x2`` = both (opt in with
+``--variants``). The overload run offers twice the
 measured capacity of ``batched`` open loop, with a queue limit of 16, and reports
 what was admitted, refused (429) and lost.
 
@@ -52,6 +53,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "direct": {"instance_count": 1},
     "x2": {"instance_count": 2},
     "batched": {"instance_count": 1, "max_batch_size": 16, "dynamic_batching": {}},
+    "batched_x2": {"instance_count": 2, "max_batch_size": 16, "dynamic_batching": {}},
 }
 OVERLOAD = {"instance_count": 1, "max_batch_size": 16, "dynamic_batching": {}, "max_queue_size": 16}
 
