@@ -354,6 +354,8 @@ class ModelRepository:
         self.root = config.repository_path
         self._models: dict[str, dict[int, ServedModel]] = {}
         self._status: dict[str, list[VersionStatus]] = {}
+        #: Set when the node drains: every frontend's admit() refuses new inference requests.
+        self.draining = False
         self._locks: dict[str, asyncio.Lock] = {}
         #: What each model's files looked like when last loaded (poll mode compares).
         self._fingerprints: dict[str, Fingerprint] = {}
@@ -598,6 +600,16 @@ class ModelRepository:
             await self.unload(name)
 
     # ----------------------------------------------------------------- lookup
+
+    def admit(self, name: str, version: str | int | None = None) -> ServedModel:
+        """The model for a new inference request, refused early and cheaply: 503 while
+        the node drains, 404 for an unknown model, 429 when its queue is full. Every
+        frontend (V2 HTTP and gRPC, TF-Serving) calls it before decoding the body."""
+        if self.draining:
+            raise Unavailable("server is shutting down")
+        model = self.get(name, version)
+        model.refuse_if_full()
+        return model
 
     def get(self, name: str, version: str | int | None = None) -> ServedModel:
         """The served model version (latest loaded when ``version`` is None)."""

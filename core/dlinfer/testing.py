@@ -30,16 +30,27 @@ from .plugins import Plugins
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports nobody listens on (all held open while choosing, so
+    the kernel cannot hand out the same port twice)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def node_config(repository: Path, /, **tables: dict[str, Any]) -> NodeConfig:
     """A NodeConfig for tests: the given repository, free ports, 1 thread, plus ``tables``
     (e.g. ``limits={"max_body_bytes": 4096}``) merged over those defaults."""
     data: dict[str, Any] = {
-        "server": {"host": "127.0.0.1", "http_port": free_port(), "grpc_port": free_port()},
+        "server": dict(zip(("http_port", "grpc_port"), free_ports(2), strict=True), host="127.0.0.1"),
         "repository": {"path": str(repository)},
         "threads": {"intra_op": 1},
     }

@@ -24,10 +24,22 @@ log = logging.getLogger("dlinfer.server")
 
 @attrs.define
 class NodeState:
-    """Readiness of the node as a whole."""
+    """Readiness of the node as a whole.
 
+    ``draining`` lives on the repository, where every frontend's ``admit()``
+    reads it, so HTTP, gRPC and plugin frontends refuse new requests alike.
+    """
+
+    repository: ModelRepository
     started: bool = False
-    draining: bool = False
+
+    @property
+    def draining(self) -> bool:
+        return self.repository.draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self.repository.draining = value
 
     @property
     def ready(self) -> bool:
@@ -90,7 +102,7 @@ def create_app(config: NodeConfig, plugins: Plugins | None = None) -> web.Applic
     app[CONFIG] = config
     app[PLUGINS] = plugins
     app[REPOSITORY] = repository
-    app[STATE] = NodeState()
+    app[STATE] = NodeState(repository)
     plugins.hook.dlinfer_routes(app=app, repository=repository)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -229,7 +229,7 @@ class V2Servicer:
     @_rpc(pb.ModelInferRequest)
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         name, version = check_name(request.model_name), version_arg(request.model_version)
-        self.repository.get(name, version)  # unknown model: NOT_FOUND before decoding
+        self.repository.admit(name, version)  # draining, unknown model, full queue: refused before decoding
         infer_request = decode_infer_request(request, self.config)
         check_limits(infer_request, self.config)
         limit = timeout_s(infer_request)

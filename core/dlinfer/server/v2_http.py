@@ -10,7 +10,7 @@ import orjson
 from aiohttp import web
 
 from .. import __version__
-from ..errors import InvalidInput, ModelNotReady, PayloadTooLarge, RequestTimeout, Unavailable
+from ..errors import InvalidInput, ModelNotReady, PayloadTooLarge, RequestTimeout
 from ..plugins import hookimpl
 from ..repository import ModelRepository, check_name
 from .app import CONFIG, PLUGINS, REPOSITORY, STATE
@@ -100,9 +100,7 @@ def pick_codec(request: web.Request) -> Any:
 @routes.post("/v2/models/{model}/infer")
 @routes.post("/v2/models/{model}/versions/{version}/infer")
 async def infer(request: web.Request) -> web.Response:
-    if request.app[STATE].draining:
-        raise Unavailable("server is shutting down")
-    _model(request).refuse_if_full()  # unknown model: 404, full queue: 429, before the body is read
+    request.app[REPOSITORY].admit(check_name(request.match_info["model"]), request.match_info.get("version"))
     body = await read_body(request)
     codec = pick_codec(request)
     infer_request = codec.decode(body, request.headers)

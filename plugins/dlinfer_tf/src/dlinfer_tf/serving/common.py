@@ -41,9 +41,13 @@ def _import_protos() -> None:
     importlib.import_module(_PROTOS)
 
 
-def find_model(repository: ModelRepository, name: str, version: str | int | None) -> ServedModel:
-    """The served model ``name`` (latest version when ``version`` is None)."""
-    return repository.get(check_name(name), version)
+def find_model(
+    repository: ModelRepository, name: str, version: str | int | None, admit: bool = False
+) -> ServedModel:
+    """The served model ``name`` (latest version when ``version`` is None); with ``admit``,
+    for a new inference request, refused while the node drains or the queue is full."""
+    lookup = repository.admit if admit else repository.get
+    return lookup(check_name(name), version)
 
 
 def _signatures(model: ServedModel) -> dict[str, Signature]:

@@ -62,11 +62,11 @@ class TFServing:
 
     # ------------------------------------------------------------- helpers
 
-    def _model(self, spec: Any) -> ServedModel:
+    def _model(self, spec: Any, admit: bool = True) -> ServedModel:
         if spec.version_label:
             raise InvalidInput("version labels are not supported; ask for a version number")
         version = spec.version.value if spec.HasField("version") else None
-        return common.find_model(self.repository, spec.name, version)
+        return common.find_model(self.repository, spec.name, version, admit)
 
     @staticmethod
     def _spec(out: Any, model: ServedModel) -> None:
@@ -146,7 +146,7 @@ class TFServing:
         fields = list(req.metadata_field)
         if fields != ["signature_def"]:
             raise InvalidInput(f"metadata_field must be ['signature_def'] (the only metadata served), got {fields}")
-        model = self._model(req.model_spec)
+        model = self._model(req.model_spec, admit=False)
         sig_map = pb.SignatureDefMap()
         for name, definition in common.signature_defs(model).items():
             sig_map.signature_def[name].CopyFrom(definition)

@@ -13,10 +13,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from dlinfer import Unavailable
 from dlinfer.inference import InferenceRequest
 from dlinfer.repository import ModelRepository
-from dlinfer.server.app import REPOSITORY, STATE
+from dlinfer.server.app import REPOSITORY
 from dlinfer.server.v2_http import read_body
 
 from . import common
@@ -40,11 +39,11 @@ def _model(request: web.Request) -> Any:
 @routes.post(MODEL + VERB)
 @routes.post(VERSION + VERB)
 async def call(request: web.Request) -> web.Response:
-    if request.app[STATE].draining:
-        raise Unavailable("server is shutting down")
     repository: ModelRepository = request.app[REPOSITORY]
+    # Draining, unknown model or full queue: refused before the body is read.
+    admitted = common.find_model(repository, request.match_info["model"], request.match_info.get("version"), True)
     doc = parse_body(await read_body(request))
-    model = common.for_signature(repository, _model(request), doc.get("signature_name", ""))
+    model = common.for_signature(repository, admitted, doc.get("signature_name", ""))
     verb = request.match_info["verb"]
     if verb == "predict":
         inputs, row = decode_tensors(doc, model.inputs)
