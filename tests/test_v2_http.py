@@ -272,3 +272,12 @@ def test_bytes_that_are_not_utf8_are_a_client_error(node: RunningNode) -> None:
         headers={"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"},
     )
     assert r.status_code == 400 and "not UTF-8" in r.json()["error"]
+
+
+def test_curl_default_content_type_is_read_as_json(node: RunningNode) -> None:
+    """``curl -d '{...}'`` sends application/x-www-form-urlencoded: the README's example must work."""
+    body = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}'
+    r = requests.post(
+        f"{node.url}/v2/models/linear/infer", data=body, headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert r.status_code == 200 and r.json()["outputs"][0]["shape"] == [1, 3]

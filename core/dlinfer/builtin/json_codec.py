@@ -241,6 +241,17 @@ def encode_response(resp: InferenceResponse) -> bytes:
     return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+#: Bodies read as V2 JSON. ``application/x-www-form-urlencoded`` is what ``curl -d`` sends
+#: by default; V2 servers read the body as JSON whatever that header says.
+JSON_CONTENT_TYPES = (
+    "",
+    "application/json",
+    "text/plain",
+    "application/octet-stream",
+    "application/x-www-form-urlencoded",
+)
+
+
 class JsonCodec:
     """``application/json`` bodies (and bodies with no content type)."""
 
@@ -249,7 +260,7 @@ class JsonCodec:
 
     @staticmethod
     def accepts(content_type: str, headers: Mapping[str, str]) -> bool:
-        return content_type in ("", "application/json", "text/plain", "application/octet-stream")
+        return content_type in JSON_CONTENT_TYPES
 
     @staticmethod
     def decode(body: bytes, headers: Mapping[str, str]) -> InferenceRequest:
