@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import attrs
@@ -32,6 +32,8 @@ class NodeState:
 
     repository: ModelRepository
     started: bool = False
+    #: Extra readiness conditions added by plugins (e.g. a gateway: some node is healthy).
+    checks: list[Callable[[], bool]] = attrs.field(factory=list)
 
     @property
     def draining(self) -> bool:
@@ -43,7 +45,7 @@ class NodeState:
 
     @property
     def ready(self) -> bool:
-        return self.started and not self.draining
+        return self.started and not self.draining and all(check() for check in self.checks)
 
 
 CONFIG = web.AppKey("config", NodeConfig)

@@ -23,20 +23,23 @@ def json_response(doc: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(doc), content_type="application/json")
 
 
+#: Server-level endpoints (metadata, health, plugins): shared with frontends that
+#: replace the model endpoints, such as the lb gateway.
+server_routes = web.RouteTableDef()
 routes = web.RouteTableDef()
 
 
-@routes.get("/v2")
+@server_routes.get("/v2")
 async def server_metadata(request: web.Request) -> web.Response:
     return json_response({"name": request.app[CONFIG].server.name, "version": __version__, "extensions": EXTENSIONS})
 
 
-@routes.get("/v2/health/live")
+@server_routes.get("/v2/health/live")
 async def live(request: web.Request) -> web.Response:
     return json_response({"live": True})
 
 
-@routes.get("/v2/health/ready")
+@server_routes.get("/v2/health/ready")
 async def ready(request: web.Request) -> web.Response:
     is_ready = request.app[STATE].ready
     return json_response({"ready": is_ready}, status=200 if is_ready else 503)
@@ -144,13 +147,14 @@ async def repository_unload(request: web.Request) -> web.Response:
     return json_response({})
 
 
-@routes.get("/v2/-/plugins")
+@server_routes.get("/v2/-/plugins")
 async def list_plugins(request: web.Request) -> web.Response:
     return json_response([p.to_json() for p in request.app[PLUGINS].list()])
 
 
 @hookimpl
 def dlinfer_routes(app: web.Application, repository: ModelRepository) -> None:
+    app.add_routes(server_routes)
     app.add_routes(routes)
 
 

@@ -22,14 +22,14 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from dlinfer import ConfigError, DlinferError, InvalidInput, Unavailable, __version__
+from dlinfer import ConfigError, DlinferError, InvalidInput, Unavailable
 from dlinfer.config import NodeConfig
 from dlinfer.errors import Unauthenticated
 from dlinfer.plugins import Plugins
 from dlinfer.repository import check_name
 from dlinfer.server import CONFIG, PLUGINS, STATE
 from dlinfer.server.guards import version_arg
-from dlinfer.server.v2_http import EXTENSIONS, json_response
+from dlinfer.server.v2_http import json_response, server_routes
 
 from .health import ActiveChecker, OutlierDetector
 from .membership import Membership, Node
@@ -272,22 +272,6 @@ async def _forward(request: web.Request, body: bytes | None = None) -> web.Strea
         gw.metrics.requests.labels(model if gw.has_route(model) else "", code).inc()
 
 
-@routes.get("/v2")
-async def server_metadata(request: web.Request) -> web.Response:
-    return json_response({"name": request.app[CONFIG].server.name, "version": __version__, "extensions": EXTENSIONS})
-
-
-@routes.get("/v2/health/live")
-async def live(request: web.Request) -> web.Response:
-    return json_response({"live": True})
-
-
-@routes.get("/v2/health/ready")
-async def ready(request: web.Request) -> web.Response:
-    is_ready = request.app[STATE].ready and request.app[GATEWAY].ready()
-    return json_response({"ready": is_ready}, status=200 if is_ready else 503)
-
-
 @routes.get("/v2/models/{model}")
 @routes.get("/v2/models/{model}/versions/{version}")
 @routes.get("/v2/models/{model}/config")
@@ -339,11 +323,6 @@ async def repository_load(request: web.Request) -> web.Response:
 @routes.post("/v2/repository/models/{model}/unload")
 async def repository_unload(request: web.Request) -> web.Response:
     return await request.app[GATEWAY].control(request, "unload", check_name(request.match_info["model"]))
-
-
-@routes.get("/v2/-/plugins")
-async def list_plugins(request: web.Request) -> web.Response:
-    return json_response([p.to_json() for p in request.app[PLUGINS].list()])
 
 
 @routes.get("/v2/-/nodes")
@@ -406,6 +385,10 @@ def install(app: web.Application, repository: Any, settings: LbSettings) -> None
 
     # A plugin object bound to this gateway, so that the gRPC hook reaches it without globals.
     plugins.register(GrpcGateway(gateway), "lb.grpc", "dlinfer-lb")
+    # Server metadata, health and plugin listing are the node's own handlers; the gateway is
+    # ready only while some node is admitted.
+    app[STATE].checks.append(gateway.ready)
+    app.add_routes(server_routes)
     app.add_routes(routes)
     if own_metrics:
 
