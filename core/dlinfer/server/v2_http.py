@@ -116,18 +116,23 @@ async def infer(request: web.Request) -> web.Response:
     return web.Response(body=payload, headers=headers)
 
 
+async def index_ready_only(request: web.Request) -> bool:
+    """The ``ready`` flag of a repository-index request (an empty body is allowed)."""
+    if not request.body_exists:
+        return False
+    body = await read_body(request)
+    if not body.strip():
+        return False
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"malformed JSON: {exc}") from None
+    return bool(isinstance(doc, dict) and doc.get("ready"))
+
+
 @routes.post("/v2/repository/index")
 async def repository_index(request: web.Request) -> web.Response:
-    ready_only = False
-    if request.body_exists:
-        body = await read_body(request)
-        if body.strip():
-            try:
-                doc = orjson.loads(body)
-            except orjson.JSONDecodeError as exc:
-                raise InvalidInput(f"malformed JSON: {exc}") from None
-            ready_only = bool(isinstance(doc, dict) and doc.get("ready"))
-    return json_response(request.app[REPOSITORY].index(ready_only))
+    return json_response(request.app[REPOSITORY].index(await index_ready_only(request)))
 
 
 @routes.post("/v2/repository/models/{model}/load")

@@ -29,7 +29,7 @@ from dlinfer.plugins import Plugins
 from dlinfer.repository import check_name
 from dlinfer.server import CONFIG, PLUGINS, STATE
 from dlinfer.server.guards import version_arg
-from dlinfer.server.v2_http import json_response, server_routes
+from dlinfer.server.v2_http import index_ready_only, json_response, server_routes
 
 from .health import ActiveChecker, OutlierDetector
 from .membership import Membership, Node
@@ -304,15 +304,7 @@ async def infer(request: web.Request) -> web.StreamResponse:
 
 @routes.post("/v2/repository/index")
 async def repository_index(request: web.Request) -> web.Response:
-    ready_only = False
-    body = await request.read()
-    if body.strip():
-        try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidInput(f"malformed JSON: {exc}") from None
-        ready_only = bool(isinstance(doc, dict) and doc.get("ready"))
-    return json_response(request.app[GATEWAY].index(ready_only))
+    return json_response(request.app[GATEWAY].index(await index_ready_only(request)))
 
 
 @routes.post("/v2/repository/models/{model}/load")
