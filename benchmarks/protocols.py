@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import requests
+from loadgen import cpu_seconds
 
 from dlinfer.testing import free_port, onnx_identity_model, onnx_linear_model, write_model
 
@@ -42,13 +43,6 @@ def payloads() -> dict[str, tuple[str, np.ndarray, str]]:
         "1 MB": ("identity", rng.standard_normal((1, 262_144)).astype(np.float32), "y"),
         "4 MB": ("identity", rng.standard_normal((1, 1_048_576)).astype(np.float32), "y"),
     }
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process, from /proc (Linux)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def make_call(
@@ -80,15 +74,15 @@ def make_call(
     return call
 
 
-def run_cell(
-    protocol: str, concurrency: int, seconds: float, ports: tuple[int, int], server_pid: int, payload: tuple
+def closed_loop(
+    new_call: Callable[[], Callable[[], None]], concurrency: int, seconds: float, server_pid: int
 ) -> dict[str, float]:
-    """One closed-loop measurement: ``concurrency`` threads, each with its own client.
+    """One closed-loop measurement: ``concurrency`` threads, each with the call ``new_call``
+    makes for it, for ``seconds``; req/s, p50/p99 latency (ms), server CPU-ms per request.
 
     Clients are made inside their threads: tritonclient's HTTP client runs on
     greenlets that must stay on the thread that created them.
     """
-    model, x, output = payload
     latencies: list[float] = []
     failures = 0
     lock = threading.Lock()
@@ -97,7 +91,7 @@ def run_cell(
 
     def worker() -> None:
         nonlocal failures
-        call = make_call(protocol, *ports, model, x, output)
+        call = new_call()
         call()  # warm the connection up
         ready.wait()
         ready.wait()  # the measured window starts
@@ -131,6 +125,13 @@ def run_cell(
         "cpu_ms": cpu * 1000 / n if n else float("nan"),
         "failures": failures,
     }
+
+
+def run_cell(
+    protocol: str, concurrency: int, seconds: float, ports: tuple[int, int], server_pid: int, payload: tuple
+) -> dict[str, float]:
+    model, x, output = payload
+    return closed_loop(lambda: make_call(protocol, *ports, model, x, output), concurrency, seconds, server_pid)
 
 
 def in_process_rate(model_bytes: bytes, x: np.ndarray, seconds: float, tries: int = 3) -> float:

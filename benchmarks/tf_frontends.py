@@ -20,7 +20,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,8 +28,7 @@ from typing import Any
 import numpy as np
 import orjson
 import requests
-from loadgen import cpu_seconds
-from protocols import progress
+from protocols import closed_loop, progress
 
 from dlinfer.testing import free_port
 
@@ -149,41 +147,7 @@ def make_call(frontend: str, http_port: int, grpc_port: int, x: np.ndarray) -> C
 
 
 def run_cell(frontend: str, concurrency: int, seconds: float, ports: tuple[int, int], pid: int, x: np.ndarray) -> dict:
-    """One closed-loop measurement: ``concurrency`` threads, each with its own client."""
-    latencies: list[float] = []
-    lock = threading.Lock()
-    barrier = threading.Barrier(concurrency + 1)
-    stop_at = [0.0]
-
-    def worker() -> None:
-        call = make_call(frontend, *ports, x)
-        call()  # warm the connection and the model up
-        barrier.wait()
-        barrier.wait()
-        while time.monotonic() < stop_at[0]:
-            t0 = time.perf_counter()
-            call()
-            with lock:
-                latencies.append(time.perf_counter() - t0)
-
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    cpu0, t0 = cpu_seconds(pid), time.monotonic()
-    stop_at[0] = t0 + seconds
-    barrier.wait()
-    for t in threads:
-        t.join()
-    wall, cpu = time.monotonic() - t0, cpu_seconds(pid) - cpu0
-    lat = np.array(latencies) * 1000
-    n = len(latencies)
-    return {
-        "rps": n / wall,
-        "p50": float(np.percentile(lat, 50)),
-        "p99": float(np.percentile(lat, 99)),
-        "cpu_ms": cpu * 1000 / n,
-    }
+    return closed_loop(lambda: make_call(frontend, *ports, x), concurrency, seconds, pid)
 
 
 def start_server(root: Path) -> tuple[subprocess.Popen, int, int]:
