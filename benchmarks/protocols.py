@@ -30,7 +30,7 @@ import numpy as np
 import requests
 from loadgen import cpu_seconds
 
-from dlinfer.testing import free_port, onnx_identity_model, onnx_linear_model, write_model
+from dlinfer.testing import free_ports, onnx_identity_model, onnx_linear_model, write_model
 
 PROTOCOLS = ("json", "binary", "grpc")
 
@@ -152,15 +152,19 @@ def in_process_rate(model_bytes: bytes, x: np.ndarray, seconds: float, tries: in
     return best
 
 
-def start_server(root: Path) -> tuple[subprocess.Popen, int, int]:
-    http_port, grpc_port = free_port(), free_port()
-    env = {**os.environ, "DLINFER_DISABLE_PLUGIN_AUTOLOAD": "1", "DLINFER_PLUGINS": "onnx"}
+def start_server(
+    root: Path, plugin: str = "onnx", ready_path: str = "/v2/health/ready", wait_s: float = 60, **env: str
+) -> tuple[subprocess.Popen, int, int]:
+    """``dlinfer-core`` on ``root`` with only ``plugin`` loaded; waits until ``ready_path`` answers 200."""
+    http_port, grpc_port = free_ports(2)
+    env = {**os.environ, "DLINFER_DISABLE_PLUGIN_AUTOLOAD": "1", "DLINFER_PLUGINS": plugin, **env}
     cmd = [sys.executable, "-m", "dlinfer.cli", "--model-repository", str(root)]
     cmd += ["--port", str(http_port), "--grpc-port", str(grpc_port), "--log-level", "warning"]
     proc = subprocess.Popen(cmd, env=env)
-    for _ in range(600):
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
         try:
-            if requests.get(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=1).status_code == 200:
+            if requests.get(f"http://127.0.0.1:{http_port}{ready_path}", timeout=1).status_code == 200:
                 return proc, http_port, grpc_port
         except requests.ConnectionError:
             pass

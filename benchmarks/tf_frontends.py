@@ -20,7 +20,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,8 +28,7 @@ import numpy as np
 import orjson
 import requests
 from protocols import closed_loop, progress
-
-from dlinfer.testing import free_port
+from protocols import start_server as start_protocol_server
 
 MODEL = "mnv2"
 FRONTENDS = ("v2-json", "v2-binary", "v2-grpc", "tfs-rest-row", "tfs-rest-columnar", "tfs-grpc")
@@ -151,20 +149,7 @@ def run_cell(frontend: str, concurrency: int, seconds: float, ports: tuple[int, 
 
 
 def start_server(root: Path) -> tuple[subprocess.Popen, int, int]:
-    http_port, grpc_port = free_port(), free_port()
-    env = {**os.environ, "DLINFER_DISABLE_PLUGIN_AUTOLOAD": "1", "DLINFER_PLUGINS": "tf", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    cmd = [sys.executable, "-m", "dlinfer.cli", "--model-repository", str(root)]
-    cmd += ["--port", str(http_port), "--grpc-port", str(grpc_port), "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, env=env)
-    for _ in range(1200):
-        try:
-            if requests.get(f"http://127.0.0.1:{http_port}/v2/models/{MODEL}/ready", timeout=1).status_code == 200:
-                return proc, http_port, grpc_port
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("server did not become ready")
+    return start_protocol_server(root, "tf", f"/v2/models/{MODEL}/ready", 120, TF_CPP_MIN_LOG_LEVEL="2")
 
 
 def main(argv: list[str] | None = None) -> None:
