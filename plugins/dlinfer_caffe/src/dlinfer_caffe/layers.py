@@ -138,80 +138,76 @@ def _layer_io(layer: caffe_pb2.LayerParameter, shapes: list[Shape]) -> LayerIO:
     return LayerIO(layer, [], shapes, [], [])
 
 
+class _Convolutional(Rule):
+    """Convolution and Deconvolution: the same parameters, weights laid out the other
+    way round, and a different ONNX op and output size."""
+
+    onnx_op: ClassVar[str]
+    #: The weight blob is (out, in/group, k...) for Conv and (in, out/group, k...) for ConvTranspose.
+    transposed: ClassVar[bool]
+    #: Why an output with a dimension below 1 is refused.
+    empty_message: ClassVar[str]
+
+    def blob_shapes(self, layer: caffe_pb2.LayerParameter, shapes: list[Shape]) -> list[Shape]:
+        io = _layer_io(layer, shapes)
+        p = layer.convolution_param
+        kernel, *_ = conv_geometry(io)
+        c_in, group, c_out = shapes[0][1], p.group, p.num_output
+        if c_out < 1 or group < 1 or c_in % group or c_out % group:
+            raise fail(io, f"num_output {c_out} and {c_in} input channels must both divide by group {group}")
+        weight = (c_in, c_out // group) if self.transposed else (c_out, c_in // group)
+        return [(*weight, *kernel)] + ([(c_out,)] if p.bias_term else [])
+
+    def convert(self, g: Graph, io: LayerIO) -> list[Shape]:
+        p = io.layer.convolution_param
+        kernel, pads, strides, dilations = conv_geometry(io)
+        inputs = [io.x, g.const(io.blobs[0], f"{io.name}/weight")]
+        if p.bias_term:
+            inputs.append(g.const(io.blobs[1], f"{io.name}/bias"))
+        g.node(
+            self.onnx_op,
+            inputs,
+            io.tops[0],
+            kernel_shape=kernel,
+            pads=pads + pads,
+            strides=strides,
+            dilations=dilations,
+            group=p.group,
+        )
+        geometry = zip(io.shape[2:], kernel, pads, strides, dilations, strict=True)
+        spatial = [self.output_size(i, k, pd, s, d) for i, k, pd, s, d in geometry]
+        if min(spatial) < 1:
+            raise fail(io, self.empty_message.format(shape=list(io.shape)))
+        return [(io.shape[0], p.num_output, *spatial)]
+
+    @staticmethod
+    def output_size(i: int, k: int, pd: int, s: int, d: int) -> int:
+        """One spatial output dimension from input, kernel, pad, stride, dilation."""
+        raise NotImplementedError
+
+
 @rule
-class Convolution(Rule):
+class Convolution(_Convolutional):
     types = ("Convolution",)
+    onnx_op = "Conv"
+    transposed = False
+    empty_message = "the kernel does not fit the input of shape {shape}"
 
-    def blob_shapes(self, layer: caffe_pb2.LayerParameter, shapes: list[Shape]) -> list[Shape]:
-        io = _layer_io(layer, shapes)
-        p = layer.convolution_param
-        kernel, *_ = conv_geometry(io)
-        c_in, group, c_out = shapes[0][1], p.group, p.num_output
-        if c_out < 1 or group < 1 or c_in % group or c_out % group:
-            raise fail(io, f"num_output {c_out} and {c_in} input channels must both divide by group {group}")
-        return [(c_out, c_in // group, *kernel)] + ([(c_out,)] if p.bias_term else [])
-
-    def convert(self, g: Graph, io: LayerIO) -> list[Shape]:
-        p = io.layer.convolution_param
-        kernel, pads, strides, dilations = conv_geometry(io)
-        inputs = [io.x, g.const(io.blobs[0], f"{io.name}/weight")]
-        if p.bias_term:
-            inputs.append(g.const(io.blobs[1], f"{io.name}/bias"))
-        g.node(
-            "Conv",
-            inputs,
-            io.tops[0],
-            kernel_shape=kernel,
-            pads=pads + pads,
-            strides=strides,
-            dilations=dilations,
-            group=p.group,
-        )
-        spatial = [
-            (i + 2 * pd - (d * (k - 1) + 1)) // s + 1
-            for i, k, pd, s, d in zip(io.shape[2:], kernel, pads, strides, dilations, strict=True)
-        ]
-        if min(spatial) < 1:
-            raise fail(io, f"the kernel does not fit the input of shape {list(io.shape)}")
-        return [(io.shape[0], p.num_output, *spatial)]
+    @staticmethod
+    def output_size(i: int, k: int, pd: int, s: int, d: int) -> int:
+        return (i + 2 * pd - (d * (k - 1) + 1)) // s + 1
 
 
 @rule
-class Deconvolution(Rule):
+class Deconvolution(_Convolutional):
     types = ("Deconvolution",)
+    onnx_op = "ConvTranspose"
+    transposed = True
+    empty_message = "the output for input shape {shape} would be empty"
 
-    def blob_shapes(self, layer: caffe_pb2.LayerParameter, shapes: list[Shape]) -> list[Shape]:
-        io = _layer_io(layer, shapes)
-        p = layer.convolution_param
-        kernel, *_ = conv_geometry(io)
-        c_in, group, c_out = shapes[0][1], p.group, p.num_output
-        if c_out < 1 or group < 1 or c_in % group or c_out % group:
-            raise fail(io, f"num_output {c_out} and {c_in} input channels must both divide by group {group}")
-        return [(c_in, c_out // group, *kernel)] + ([(c_out,)] if p.bias_term else [])
-
-    def convert(self, g: Graph, io: LayerIO) -> list[Shape]:
-        p = io.layer.convolution_param
-        kernel, pads, strides, dilations = conv_geometry(io)
-        inputs = [io.x, g.const(io.blobs[0], f"{io.name}/weight")]
-        if p.bias_term:
-            inputs.append(g.const(io.blobs[1], f"{io.name}/bias"))
-        g.node(
-            "ConvTranspose",
-            inputs,
-            io.tops[0],
-            kernel_shape=kernel,
-            pads=pads + pads,
-            strides=strides,
-            dilations=dilations,
-            group=p.group,
-        )
-        spatial = [
-            s * (i - 1) + d * (k - 1) + 1 - 2 * pd
-            for i, k, pd, s, d in zip(io.shape[2:], kernel, pads, strides, dilations, strict=True)
-        ]
-        if min(spatial) < 1:
-            raise fail(io, f"the output for input shape {list(io.shape)} would be empty")
-        return [(io.shape[0], p.num_output, *spatial)]
+    @staticmethod
+    def output_size(i: int, k: int, pd: int, s: int, d: int) -> int:
+        return s * (i - 1) + d * (k - 1) + 1 - 2 * pd
 
 
 @rule
