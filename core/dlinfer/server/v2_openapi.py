@@ -31,6 +31,22 @@ DATATYPES = [
 
 _PARAMETERS = {"type": "object", "description": "Free-form parameters (`timeout` in microseconds, ...)."}
 
+
+def _tensor(data: dict[str, Any]) -> dict[str, Any]:
+    """A V2 request input or response output: name, shape, datatype, parameters, ``data``."""
+    return {
+        "type": "object",
+        "required": ["name", "shape", "datatype"],
+        "properties": {
+            "name": {"type": "string"},
+            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+            "datatype": ref("Datatype"),
+            "parameters": _PARAMETERS,
+            "data": data,
+        },
+    }
+
+
 SCHEMAS: dict[str, Any] = {
     "ServerMetadata": {
         "type": "object",
@@ -79,17 +95,7 @@ SCHEMAS: dict[str, Any] = {
         "required": ["max_batch_size"],
         "properties": {"max_batch_size": {"type": "integer", "minimum": 0}},
     },
-    "RequestInput": {
-        "type": "object",
-        "required": ["name", "shape", "datatype"],
-        "properties": {
-            "name": {"type": "string"},
-            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-            "datatype": ref("Datatype"),
-            "parameters": _PARAMETERS,
-            "data": {"description": "Row-major tensor data, flat or nested; strings for BYTES."},
-        },
-    },
+    "RequestInput": _tensor({"description": "Row-major tensor data, flat or nested; strings for BYTES."}),
     "RequestOutput": {
         "type": "object",
         "required": ["name"],
@@ -105,17 +111,7 @@ SCHEMAS: dict[str, Any] = {
             "outputs": {"type": "array", "items": ref("RequestOutput")},
         },
     },
-    "ResponseOutput": {
-        "type": "object",
-        "required": ["name", "shape", "datatype"],
-        "properties": {
-            "name": {"type": "string"},
-            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-            "datatype": ref("Datatype"),
-            "parameters": _PARAMETERS,
-            "data": {"type": "array", "description": "Row-major tensor data (absent when sent as binary)."},
-        },
-    },
+    "ResponseOutput": _tensor({"type": "array", "description": "Row-major tensor data (absent when sent as binary)."}),
     "InferenceResponse": {
         "type": "object",
         "required": ["model_name", "outputs"],

@@ -8,6 +8,7 @@ what is wrong with it; nothing executes code from a model file.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from google.protobuf import message, text_format
@@ -119,15 +120,20 @@ def read_prototxt(path: Path) -> caffe_pb2.NetParameter:
     return parse_prototxt(text, path.name)
 
 
-def read_caffemodel(path: Path) -> caffe_pb2.NetParameter:
-    """Parse trained weights (a binary NetParameter)."""
-    net = caffe_pb2.NetParameter()
+def _parse_binary(msg: Any, path: Path, what: str) -> Any:
+    """Fill ``msg`` from the binary protobuf file ``path``; I/O and decode errors name the file."""
     try:
-        net.ParseFromString(path.read_bytes())
+        msg.ParseFromString(path.read_bytes())
     except OSError as exc:
         raise ModelLoadError(f"{path.name}: cannot read it: {exc}") from None
     except message.DecodeError as exc:
-        raise ModelLoadError(f"{path.name}: not a Caffe weights file (corrupt or truncated): {exc}") from None
+        raise ModelLoadError(f"{path.name}: not a {what} (corrupt or truncated): {exc}") from None
+    return msg
+
+
+def read_caffemodel(path: Path) -> caffe_pb2.NetParameter:
+    """Parse trained weights (a binary NetParameter)."""
+    net = _parse_binary(caffe_pb2.NetParameter(), path, "Caffe weights file")
     if not net.layer and not net.layers:
         raise ModelLoadError(f"{path.name}: holds no layers; not a trained Caffe model")
     return net
@@ -135,13 +141,7 @@ def read_caffemodel(path: Path) -> caffe_pb2.NetParameter:
 
 def read_mean_file(path: Path) -> np.ndarray:
     """A ``.binaryproto`` mean image as a float32 array [C, H, W]."""
-    blob = caffe_pb2.BlobProto()
-    try:
-        blob.ParseFromString(path.read_bytes())
-    except OSError as exc:
-        raise ModelLoadError(f"{path.name}: cannot read it: {exc}") from None
-    except message.DecodeError as exc:
-        raise ModelLoadError(f"{path.name}: not a Caffe mean file (corrupt or truncated): {exc}") from None
+    blob = _parse_binary(caffe_pb2.BlobProto(), path, "Caffe mean file")
     arr = blob_array(blob, path.name)
     if arr.ndim == 4 and arr.shape[0] == 1:
         arr = arr[0]
