@@ -171,10 +171,12 @@ def dlinfer_optimizers() -> list[type]:
 def dlinfer_trt_plugins() -> list[Any]:
     """Return TensorRT operator plugins for custom ONNX ops.
 
-    Each item has a ``name`` and is either a plugin creator object (a TensorRT
-    ``IPluginCreatorV3One`` instance) or a path to a shared library that
-    registers creators. They are registered with TensorRT's plugin registry
-    before any ONNX model is parsed.
+    Each item has a ``name`` (the ONNX op type it implements) and either has
+    ``library``, the path of a shared library that registers its creators, or
+    stands for a plugin creator: an item with a ``creator()`` factory returning
+    one (so the hook module need not import tensorrt), a creator class (a
+    ``trt.IPluginCreatorV3One`` subclass), or a creator object. They are
+    registered with TensorRT's plugin registry before any ONNX model is parsed.
     """
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from dlinfer.testing import RunningNode, node_config, onnx_linear_model, write_m
 from dlinfer_trt import availability
 from dlinfer_trt.cache import EngineCache, EngineKey, decide
 from dlinfer_trt.calibration import calibration_batches, read_calibration_rows
-from dlinfer_trt.customops import custom_ops, missing_plugins, require_plugins
+from dlinfer_trt.customops import custom_ops, missing_plugins, plugin_creator, require_plugins
 from dlinfer_trt.profiles import batch_profile
 
 A100 = availability.GpuInfo("NVIDIA A100-SXM4-80GB", "8.0", "10.3.0")
@@ -174,6 +175,34 @@ def test_custom_ops_found_in_graph_and_subgraphs() -> None:
     assert "FancyAct (domain 'com.example')" in str(info.value)
     assert "dlinfer_trt_plugins" in str(info.value)
     assert custom_ops(onnx.load_from_string(onnx_linear_model())) == []
+
+
+def test_plugin_creator_from_factory_class_or_object() -> None:
+    class Creator:
+        name = "MyOp"
+        plugin_namespace = ""
+
+    class LightEntry:
+        """Names the op; builds the creator only when asked (as a tensorrt-free hook module does)."""
+
+        name = "MyOp"
+        made: typing.ClassVar[list[Creator]] = []
+
+        @classmethod
+        def creator(cls) -> Creator:
+            cls.made.append(Creator())
+            return cls.made[-1]
+
+    assert plugin_creator(LightEntry) is LightEntry.made[0]
+    assert type(plugin_creator(Creator)) is Creator
+    instance = Creator()
+    assert plugin_creator(instance) is instance
+
+    class Misnamed(LightEntry):
+        name = "OtherOp"
+
+    with pytest.raises(ModelLoadError, match="'OtherOp': its creator is named 'MyOp'"):
+        plugin_creator(Misnamed)
 
 
 # ------------------------------------------------------ without a GPU: fallback

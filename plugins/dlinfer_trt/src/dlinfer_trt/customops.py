@@ -51,11 +51,36 @@ def require_plugins(model: Any, registered: Iterable[str]) -> None:
         )
 
 
+def plugin_creator(entry: Any) -> Any:
+    """The creator object a ``dlinfer_trt_plugins`` entry stands for.
+
+    ``entry.creator()`` when the entry has that factory: a light entry lets the hook
+    module name its op without importing tensorrt, which only the factory does. Else a
+    new instance when the entry is a creator class, else the entry itself. The creator
+    must be named like the entry, since the ONNX parser looks plugins up by op type.
+    """
+    factory = getattr(entry, "creator", None)
+    if callable(factory):
+        creator = factory()
+    elif isinstance(entry, type):
+        creator = entry()
+    else:
+        creator = entry
+    name = getattr(creator, "name", entry.name)
+    if name != entry.name:
+        raise ModelLoadError(
+            f"TensorRT plugin {entry.name!r}: its creator is named {name!r}; the ONNX parser finds creators "
+            "by the node's op type, so both must be the op type"
+        )
+    return creator
+
+
 def register_plugins(entries: Iterable[Any]) -> list[str]:
     """Register plugin creators and plugin libraries with TensorRT; return the op names provided.
 
-    Each entry has ``name``; it is either a creator (an object TensorRT's registry
-    accepts, or a class making one) or has ``library`` naming a ``.so`` file.
+    Each entry has ``name`` (the ONNX op type); it either has ``library`` naming a
+    ``.so`` file that registers its creators, or stands for a creator
+    (see :func:`plugin_creator`).
     """
     import tensorrt as trt
 
@@ -69,7 +94,7 @@ def register_plugins(entries: Iterable[Any]) -> list[str]:
                 raise ModelLoadError(f"TensorRT plugin {entry.name!r}: library {library} does not exist")
             registry.load_library(str(library))
         else:
-            creator = entry() if isinstance(entry, type) else entry
+            creator = plugin_creator(entry)
             namespace = getattr(creator, "plugin_namespace", "")
             if not registry.register_creator(creator, namespace):
                 log.info("TensorRT plugin %s was already registered", entry.name)
