@@ -5,9 +5,10 @@ BIN := $(VENV)/bin
 PLUGINS := $(filter-out plugins/dlinfer_trt,$(sort $(wildcard plugins/dlinfer_*)))
 # dlinfer-trt depends on tensorrt and cuda-python (several GB of CUDA libraries). Without a GPU
 # it is installed without them; its GPU tests then skip and everything else is tested.
-NO_DEPS_PLUGINS := $(wildcard plugins/dlinfer_trt)
+# The example TensorRT operator plugin needs CuPy as well, and is installed the same way.
+NO_DEPS_PLUGINS := $(wildcard plugins/dlinfer_trt examples/plugins/dlinfer_trt_scaledtanh)
 # Third-party-style example plugins, installed like a user would, so their tests run too.
-EXAMPLE_PLUGINS := $(sort $(wildcard examples/plugins/dlinfer_*))
+EXAMPLE_PLUGINS := $(filter-out $(NO_DEPS_PLUGINS),$(sort $(wildcard examples/plugins/dlinfer_*)))
 PORT ?= 8000
 
 .PHONY: install run test lint examples clean
