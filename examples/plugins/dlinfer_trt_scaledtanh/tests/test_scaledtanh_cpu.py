@@ -7,6 +7,7 @@ import importlib.metadata as md
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -15,6 +16,8 @@ import pytest
 from dlinfer import ModelLoadError
 from dlinfer.config import node_config_from_dict
 from dlinfer.plugins import Plugins
+from dlinfer.testing import RunningNode, V2Client, node_config
+from dlinfer_trt import availability
 from dlinfer_trt.customops import custom_ops, require_plugins
 from dlinfer_trt_scaledtanh import DOMAIN, OP_TYPE, scaled_tanh, scaled_tanh_model
 from dlinfer_trt_scaledtanh.op import read_attributes
@@ -98,3 +101,15 @@ def test_entry_point_module_imports_no_tensorrt_or_cupy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_node_without_gpu_starts_without_building_the_creator(tmp_path: Path) -> None:
+    if availability.status()[0] is not None:
+        pytest.skip("a GPU is present: the node registers the plugin at start")
+    with RunningNode(node_config(tmp_path)) as node:
+        client = V2Client(node.url)
+        assert client.ready()
+        rows = {p["name"]: p for p in client.request("GET", "/v2/-/plugins")}
+    assert rows["scaledtanh"]["status"] == "loaded"
+    assert rows["scaledtanh"]["hooks"] == ["dlinfer_trt_plugins"]
+    assert "dlinfer_trt_scaledtanh.trt_plugin" not in sys.modules

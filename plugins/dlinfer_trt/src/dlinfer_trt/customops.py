@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dlinfer import ModelLoadError
+
+if TYPE_CHECKING:
+    from dlinfer.plugins import Plugins
 
 log = logging.getLogger("dlinfer.trt")
 
@@ -99,4 +102,24 @@ def register_plugins(entries: Iterable[Any]) -> list[str]:
             if not registry.register_creator(creator, namespace):
                 log.info("TensorRT plugin %s was already registered", entry.name)
         names.append(entry.name)
+    return names
+
+
+def register_installed(plugins: Plugins) -> list[str]:
+    """Register what the node's ``dlinfer_trt_plugins`` hooks provide, when TensorRT can run here.
+
+    Called at node start. A failure is logged, not raised: only the models whose graphs
+    or engines use those operators fail, each with its own reason, when they load.
+    """
+    from .availability import status
+
+    entries = plugins.registry("dlinfer_trt_plugins")
+    if not entries or status()[0] is None:
+        return []
+    try:
+        names = register_plugins(e.obj for e in entries.values())
+    except Exception as exc:  # any failure of a third-party creator or library: keep the node up
+        log.error("TensorRT operator plugins were not registered at start: %s", exc)
+        return []
+    log.info("registered TensorRT operator plugins: %s", ", ".join(names))
     return names
