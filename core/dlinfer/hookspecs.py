@@ -175,8 +175,9 @@ def dlinfer_trt_plugins() -> list[Any]:
     ``library``, the path of a shared library that registers its creators, or
     stands for a plugin creator: an item with a ``creator()`` factory returning
     one (so the hook module need not import tensorrt), a creator class (a
-    ``trt.IPluginCreatorV3One`` subclass), or a creator object. They are
-    registered with TensorRT's plugin registry before any ONNX model is parsed.
+    ``trt.IPluginCreatorV3One`` subclass), or a creator object. dlinfer-trt
+    registers them with TensorRT's plugin registry at node start (when a GPU
+    is usable) and before any ONNX model is parsed.
     """
 
 
