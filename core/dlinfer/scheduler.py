@@ -14,17 +14,19 @@ A full queue is refused at once (:class:`Overloaded`) so clients back off
 instead of piling up. A request whose deadline passes while it waits is
 dropped from the queue before it reaches the model (:class:`DeadlineExceeded`);
 a request whose caller goes away (client disconnect cancels the handler) is
-dropped the same way. Everything here runs on the event loop except the
-framework call itself, so the bookkeeping needs no locks.
+dropped the same way. The batcher's bookkeeping runs on the event loop; the
+pool's queue is shared with its worker threads, which take the next call
+themselves as soon as one returns.
 """
 
 from __future__ import annotations
 
 import asyncio
+import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import attrs
@@ -48,46 +50,147 @@ class Observer(Protocol):
         """A request was answered; ``failure`` is None on success, else a reason word."""
 
 
+#: States of a :class:`Call`.
+QUEUED, RUNNING, DONE, EXPIRED, WITHDRAWN = "queued", "running", "done", "expired", "withdrawn"
+
+
+@attrs.define(eq=False)
+class Call:
+    """One framework call: waiting for an instance, running, or finished.
+
+    ``on_done`` is called on ``loop`` once the call has run (``outputs`` or
+    ``error`` set), was skipped because its deadline passed in the queue
+    (``EXPIRED``), or was refused because the pool closed (``WITHDRAWN``).
+    """
+
+    inputs: Batch = attrs.field(repr=False)
+    on_done: Callable[[Call], None] = attrs.field(repr=False)
+    loop: asyncio.AbstractEventLoop = attrs.field(repr=False)
+    deadline: float | None = None
+    enqueued: float = attrs.field(factory=time.perf_counter)
+    state: str = QUEUED
+    outputs: Batch | None = attrs.field(default=None, repr=False)
+    error: BaseException | None = None
+    queue_s: float = 0.0
+    compute_s: float = 0.0
+
+
 class InstancePool:
     """``instance_count`` worker threads running framework calls, never on the event loop.
 
-    ``busy`` counts calls started and not yet returned, including calls whose
-    request was cancelled or timed out: an abandoned call still occupies its
-    instance until the framework returns. ``on_free`` is called on the event
-    loop each time a call ends, so the scheduler can start the next one.
+    Calls wait in one FIFO queue that the workers take from themselves: when a
+    call returns, its worker starts the next one at once, with no round trip
+    through the event loop (on a busy machine that round trip left instances
+    idle while the loop waited for a core). The worker skips a call that was
+    withdrawn (its caller went away) and one whose deadline passed while it
+    waited, so neither spends compute. An abandoned call that already started
+    keeps its instance until the framework returns.
     """
 
     def __init__(self, name: str, instance_count: int, run: Callable[[Batch], Batch]) -> None:
         self.instance_count = instance_count
         self._run = run
-        self._executor = ThreadPoolExecutor(instance_count, thread_name_prefix=f"dlinfer-{name}")
-        self.busy = 0
-        self.on_free: Callable[[], None] = lambda: None
+        self._calls: queue.SimpleQueue[Call | None] = queue.SimpleQueue()
+        # Guards the state of calls and the two counters; held for a few instructions only.
+        self._lock = threading.Lock()
+        #: Calls queued and not yet taken by a worker.
+        self.waiting = 0
+        #: Calls a worker is running (including abandoned ones).
+        self.running = 0
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"dlinfer-{name}_{i}") for i in range(instance_count)
+        ]
+        for t in self._threads:
+            t.start()
 
     @property
     def free(self) -> bool:
-        return self.busy < self.instance_count
+        """An instance would start a call put now without waiting."""
+        return self.running + self.waiting < self.instance_count
 
-    def start(self, inputs: Batch) -> asyncio.Future[tuple[Batch, float]]:
-        """Run the model on ``inputs`` on a free instance; the result is (outputs, compute seconds)."""
-        self.busy += 1
-        fut = asyncio.get_running_loop().run_in_executor(self._executor, self._timed, inputs)
-        fut.add_done_callback(self._done)
-        return fut
+    @property
+    def backlog(self) -> int:
+        """Calls that must wait for an instance to finish."""
+        return max(self.waiting - (self.instance_count - self.running), 0)
 
-    def _timed(self, inputs: Batch) -> tuple[Batch, float]:
-        t0 = time.perf_counter()
-        outputs = self._run(inputs)
-        return outputs, time.perf_counter() - t0
+    def put(self, inputs: Batch, on_done: Callable[[Call], None], deadline: float | None = None) -> Call:
+        """Queue a call; ``on_done(call)`` runs on the current event loop when it is settled."""
+        if self._closed:
+            raise Unavailable("the model is being unloaded")
+        call = Call(inputs, on_done, asyncio.get_running_loop(), deadline)
+        with self._lock:
+            self.waiting += 1
+        self._calls.put(call)
+        return call
 
-    def _done(self, fut: asyncio.Future[Any]) -> None:
-        self.busy -= 1
-        if not fut.cancelled():
-            fut.exception()  # retrieved here so an abandoned call does not log "never retrieved"
-        self.on_free()
+    def withdraw(self, call: Call) -> str:
+        """Take ``call`` out of the queue if no worker has started it; returns its state before."""
+        with self._lock:
+            state = call.state
+            if state == QUEUED:
+                call.state = WITHDRAWN
+                self.waiting -= 1
+        return state
+
+    def _serve(self) -> None:
+        main = threading.main_thread()
+        while True:
+            try:
+                call = self._calls.get(timeout=1.0)
+            except queue.Empty:
+                # Exit with the interpreter even if close() was never called.
+                if self._closed or not main.is_alive():
+                    return
+                continue
+            if call is None:
+                return
+            with self._lock:
+                if call.state != QUEUED:
+                    continue  # withdrawn: its caller went away
+                self.waiting -= 1
+                if call.deadline is not None and time.monotonic() >= call.deadline:
+                    call.state = EXPIRED
+                else:
+                    call.state = RUNNING
+                    self.running += 1
+            if call.state == RUNNING:
+                t0 = time.perf_counter()
+                call.queue_s = t0 - call.enqueued
+                try:
+                    call.outputs = self._run(call.inputs)
+                except BaseException as exc:  # reported to the caller; the worker keeps serving
+                    plain = isinstance(exc, Exception) and not isinstance(exc, StopIteration)
+                    call.error = exc if plain else RuntimeError(f"{type(exc).__name__}: {exc}")
+                call.compute_s = time.perf_counter() - t0
+                with self._lock:
+                    self.running -= 1
+                    call.state = DONE
+            self._settle(call)
+
+    @staticmethod
+    def _settle(call: Call) -> None:
+        try:
+            call.loop.call_soon_threadsafe(call.on_done, call)
+        except RuntimeError:  # the loop is closed: nobody waits for this call any more
+            pass
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        """Refuse queued calls, let running ones return, stop the workers."""
+        self._closed = True
+        while True:
+            try:
+                call = self._calls.get_nowait()
+            except queue.Empty:
+                break
+            if call is not None and self.withdraw(call) == QUEUED:
+                call.error = Unavailable("the model is being unloaded")
+                self._settle(call)
+        for _ in self._threads:
+            self._calls.put(None)
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join()
 
 
 def _deadline_timeout(deadline: float | None) -> asyncio.Timeout:
@@ -104,61 +207,56 @@ class DirectScheduler:
     def __init__(self, name: str, run: Callable[[Batch], Batch], instance_count: int, max_queue_size: int) -> None:
         self.name = name
         self.pool = InstancePool(name, instance_count, run)
-        self.pool.on_free = self._free_slot
         self.max_queue_size = max_queue_size
         self.observers: list[Observer] = []
-        #: Requests waiting for an instance.
-        self.queued = 0
-        # One slot per instance, taken before a call starts and freed when it returns.
-        # Created on first use: models are loaded in a worker thread, away from the loop.
-        self._slots: asyncio.Semaphore | None = None
 
-    def _free_slot(self) -> None:
-        assert self._slots is not None
-        self._slots.release()
+    @property
+    def queued(self) -> int:
+        """Requests waiting for an instance."""
+        return self.pool.backlog
 
     def refuse_if_full(self) -> None:
         """Raise :class:`Overloaded` if every instance is busy and the queue is full."""
-        if self._slots is not None and self._slots.locked() and self.queued >= self.max_queue_size:
+        if self.pool.backlog >= self.max_queue_size:
             raise Overloaded(
-                f"model {self.name!r} is overloaded: {self.queued} requests queued "
+                f"model {self.name!r} is overloaded: {self.pool.backlog} requests queued "
                 f"(queue limit {self.max_queue_size}); retry later"
             )
 
     async def submit(self, inputs: Batch, deadline: float | None = None) -> Batch:
         """Run ``inputs`` through the model; ``deadline`` is a ``time.monotonic()`` value."""
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.pool.instance_count)
         self.refuse_if_full()
-        t0 = time.perf_counter()
-        self.queued += 1
+        fut: asyncio.Future[Batch] = asyncio.get_running_loop().create_future()
+        call = self.pool.put(inputs, lambda c: self._done(c, fut), deadline)
         try:
+            if deadline is None:
+                return await fut
             async with _deadline_timeout(deadline):
-                await self._slots.acquire()
+                return await fut
         except TimeoutError:
-            raise DeadlineExceeded(f"model {self.name!r}: request expired while queued") from None
-        finally:
-            self.queued -= 1
-        if deadline is not None and time.monotonic() >= deadline:
-            self._slots.release()
-            raise DeadlineExceeded(f"model {self.name!r}: request expired while queued")
-        for o in self.observers:
-            o.queued(time.perf_counter() - t0)
-        fut = self.pool.start(inputs)
-        fut.add_done_callback(lambda f: self._executed(f, _rows(inputs)))
-        try:
-            async with _deadline_timeout(deadline):
-                # shield: a timeout answers the client now; the instance stays busy until the call returns
-                outputs, _ = await asyncio.shield(fut)
-        except TimeoutError:
+            if self.pool.withdraw(call) in (QUEUED, EXPIRED):
+                raise DeadlineExceeded(f"model {self.name!r}: request expired while queued") from None
             raise DeadlineExceeded(f"model {self.name!r}: deadline passed while the model was running") from None
-        return outputs
+        finally:
+            if call.state == QUEUED:  # cancelled (the client went away) before an instance took it
+                self.pool.withdraw(call)
 
-    def _executed(self, fut: asyncio.Future[tuple[Batch, float]], rows: int) -> None:
-        # Counted when the call returns, also for a request that stopped waiting for it.
-        if not fut.cancelled() and fut.exception() is None:
+    def _done(self, call: Call, fut: asyncio.Future[Batch]) -> None:
+        """On the loop: record the call (also one whose caller stopped waiting) and answer the caller."""
+        if call.state == DONE:
             for o in self.observers:
-                o.executed(1, rows, fut.result()[1])
+                o.queued(call.queue_s)
+            if call.error is None:
+                for o in self.observers:
+                    o.executed(1, _rows(call.inputs), call.compute_s)
+        if fut.done():
+            return
+        if call.state == EXPIRED:
+            fut.set_exception(DeadlineExceeded(f"model {self.name!r}: request expired while queued"))
+        elif call.error is not None:
+            fut.set_exception(call.error)
+        else:
+            fut.set_result(call.outputs)
 
     async def aclose(self) -> None:
         """Nothing runs on the loop between requests."""
@@ -232,7 +330,6 @@ class DynamicBatcher:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._closed = False
-        self.pool.on_free = self._dispatch
 
     @property
     def queued(self) -> int:
@@ -362,17 +459,23 @@ class DynamicBatcher:
             inputs = items[0].inputs
         else:
             inputs = {name: np.concatenate([it.inputs[name] for it in items]) for name in items[0].inputs}
-        fut = self.pool.start(inputs)
-        fut.add_done_callback(lambda f: self._split(items, f))
+        self.pool.put(inputs, lambda call: self._split(items, call))
 
-    def _split(self, items: list[_Queued], fut: asyncio.Future[tuple[Batch, float]]) -> None:
-        """Hand each request its own rows of the batch's outputs, in order."""
-        exc = fut.exception() if not fut.cancelled() else Unavailable(f"model {self.name!r} is being unloaded")
+    def _split(self, items: list[_Queued], call: Call) -> None:
+        """Hand each request its own rows of the batch's outputs, in order; then dispatch
+        the next batch on the instance this call freed."""
+        try:
+            self._answer(items, call)
+        finally:
+            self._dispatch()
+
+    def _answer(self, items: list[_Queued], call: Call) -> None:
+        exc = call.error if call.state == DONE else Unavailable(f"model {self.name!r} is being unloaded")
+        outputs: Batch = call.outputs or {}
         if exc is None:
-            outputs, compute_s = fut.result()
             rows = sum(it.rows for it in items)
             for o in self.observers:
-                o.executed(len(items), rows, compute_s)
+                o.executed(len(items), rows, call.compute_s)
             if len(items) > 1:
                 bad = [k for k, v in outputs.items() if np.ndim(v) == 0 or np.shape(v)[0] != rows]
                 if bad:
