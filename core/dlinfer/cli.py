@@ -284,9 +284,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"dlinfer-core: error: {exc}", file=sys.stderr)
                 return 1
         from .server import serve
+        from .server.loop import run
 
         plugins.hook.dlinfer_options(options=ns)
-        asyncio.run(serve(config, plugins))
+        run(serve(config, plugins), config.server.event_loop)
         return 0
     except (ConfigError, PluginLoadError) as exc:
         print(f"dlinfer-core: error: {exc}", file=sys.stderr)

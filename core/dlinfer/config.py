@@ -32,6 +32,17 @@ class ServerConfig:
         "On SIGTERM/SIGINT, how long in-flight requests may take to finish.",
         validator=in_range(0, kind="a number"),
     )
+    event_loop: str = setting(
+        "auto",
+        "`auto`: uvloop where it is installed (it is a dependency on Linux and macOS), else asyncio's own "
+        "loop; `uvloop` or `asyncio` to choose. uvloop cuts the server's CPU per request.",
+        validator=one_of("auto", "uvloop", "asyncio"),
+    )
+    keep_freed_memory: bool = setting(
+        True,
+        "On glibc, keep freed request buffers for reuse (mmap threshold 64 MiB, trim threshold 256 MiB) "
+        "instead of returning them to the OS: large tensors otherwise page-fault fresh memory on every request.",
+    )
 
 
 @attrs.frozen

@@ -99,7 +99,9 @@ class RunningNode:
         return asyncio.run_coroutine_threadsafe(fn(), self._loop).result(self.timeout_s)
 
     def _main(self) -> None:
-        asyncio.run(self._serve())
+        from .server.loop import run
+
+        run(self._serve(), self.config.server.event_loop)
 
     async def _serve(self) -> None:
         from aiohttp import web

@@ -18,6 +18,7 @@ from ..errors import DlinferError, PayloadTooLarge
 from ..plugins import Plugins
 from ..repository import ModelRepository
 from .grpc_server import start_grpc, stop_grpc
+from .memory import tune_malloc
 
 log = logging.getLogger("dlinfer.server")
 
@@ -124,10 +125,17 @@ def create_app(config: NodeConfig, plugins: Plugins | None = None) -> web.Applic
 
 async def serve(config: NodeConfig, plugins: Plugins | None = None) -> None:
     """Run the node until SIGINT/SIGTERM, then drain and return."""
+    if config.server.keep_freed_memory:
+        tune_malloc()
     app = create_app(config, plugins)
     # handler_cancellation: a client that disconnects cancels its handler, which drops its queued work.
     runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, handler_cancellation=True, shutdown_timeout=_RESPONSE_GRACE_S
+        app,
+        access_log=None,
+        handle_signals=False,
+        handler_cancellation=True,
+        shutdown_timeout=_RESPONSE_GRACE_S,
+        read_bufsize=_READ_BUFSIZE,
     )
     await runner.setup()
     # A deep accept backlog: bursts of new connections get a 429 from the scheduler, not a reset.
@@ -152,6 +160,10 @@ async def serve(config: NodeConfig, plugins: Plugins | None = None) -> None:
             # A framework call cannot be interrupted; its request is already cut off.
             log.warning("shutdown: model calls still running past the drain timeout; exiting when they return")
 
+
+#: Body bytes a connection may buffer before reading pauses. aiohttp's 64 KiB paused and resumed
+#: the socket ten times per 600 KB tensor; bodies are read whole anyway (up to limits.max_body_bytes).
+_READ_BUFSIZE = 4 << 20
 
 #: Time the HTTP server gives handlers to write their responses once the models are idle.
 _RESPONSE_GRACE_S = 1.0
