@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -96,6 +97,9 @@ class VersionStatus:
         return doc
 
 
+#: The built-in plugin whose ``dlinfer_infer`` only calls the model's runner.
+BUILTIN_INFER = "dlinfer.builtin.loading"
+
 class ServedModel:
     """One loaded model version: its runner behind a scheduler, plus validation."""
 
@@ -121,6 +125,7 @@ class ServedModel:
         self.max_batch_size = self._batching(config, limits.max_batch_size)
         self._check_config_tensors()
         self._hook = plugins.hook
+        self._infer = self._pick_infer()
         self.preprocess = _resolve_processors(plugins, config.preprocess)
         self.postprocess = _resolve_processors(plugins, config.postprocess)
         self._describe_processed_tensors()
@@ -248,11 +253,20 @@ class ServedModel:
                 f"{where}: batch size {shape[0]} exceeds the model's max_batch_size {self.max_batch_size}"
             )
 
+    def _pick_infer(self) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+        """The ``dlinfer_infer`` hook, or the runner itself when only the built-in
+        implementation (which calls the runner) is registered: pluggy's dispatch cost
+        a third as much as ONNX Runtime's own Python per request."""
+        impls = self._hook.dlinfer_infer.get_hookimpls()
+        if all(i.plugin_name == BUILTIN_INFER for i in impls):
+            return self.runner.predict
+        return lambda inputs: self._hook.dlinfer_infer(model=self, inputs=inputs)
+
     def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Pre-process, infer, post-process; runs in a worker thread."""
         for proc in self.preprocess:
             inputs = proc(inputs, self.config)
-        outputs = self._hook.dlinfer_infer(model=self, inputs=inputs)
+        outputs = self._infer(inputs)
         for proc in self.postprocess:
             outputs = proc(outputs, self.config)
         return outputs
