@@ -4,7 +4,8 @@ Usage::
 
     python benchmarks/serving.py [--models cnn,mnv2] [--concurrency 1,8,16]
         [--protocols json,binary,grpc] [--variants direct,x2,batched]
-        [--duration 5] [--warmup 1] [--no-overload] [--json out.json]
+        [--duration 5] [--warmup 1] [--no-overload] [--peers bare,mlserver,torchserve]
+        [--json out.json]
 
 Builds the models (``bench_models.py``), starts one ``dlinfer-core`` subprocess
 serving every model x variant, and for each point starts the load generator
@@ -19,6 +20,11 @@ a free instance takes whatever is queued); ``batched_x2`` = both (opt in with
 ``--variants``). The overload run offers twice the
 measured capacity of ``batched`` open loop, with a queue limit of 16, and reports
 what was admitted, refused (429) and lost.
+
+Peers (``--peers``, default ``bare``): ``bare`` is ``bare_server.py``, a bare
+aiohttp + ONNX Runtime server with no scheduler, metrics or checks (one session
+per core), the floor any Python server pays for HTTP; ``mlserver`` and
+``torchserve`` are installed into their own venvs.
 
 The load generator runs on the same cores as the server: its CPU is reported
 (``cli ms``) and the server's own CPU per request (``srv ms``, from /proc) is the
@@ -103,6 +109,33 @@ class Node:
         self.proc.wait(60)
 
 
+class BareServer:
+    """``bare_server.py``: aiohttp + ONNX Runtime with no scheduler, one session per core."""
+
+    def __init__(self, model: Path, sessions: int) -> None:
+        self.http = free_port()
+        self.grpc = 0
+        cmd = [sys.executable, str(HERE / "bare_server.py"), f"--model={model}", f"--port={self.http}"]
+        self.proc = subprocess.Popen([*cmd, f"--sessions={sessions}", "--threads=1"])
+        until = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/v2/health/ready", timeout=2):
+                    break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > until:
+                    raise RuntimeError("bare_server.py did not start") from None
+                time.sleep(0.1)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
 def run_json(cmd: list[str]) -> dict[str, Any]:
     out = subprocess.run([sys.executable, *cmd], check=True, capture_output=True, text=True)
     return orjson.loads(out.stdout.strip().splitlines()[-1])
@@ -171,7 +204,11 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--no-overload", action="store_true")
-    p.add_argument("--peers", default="", help="also run these peers: mlserver,torchserve (own venvs)")
+    p.add_argument(
+        "--peers",
+        default="bare",
+        help="also run these: bare (bare_server.py, the floor of a Python server), mlserver, torchserve (own venvs)",
+    )
     p.add_argument("--venv-dir", type=Path, default=Path.home() / ".cache" / "dlinfer-bench", help="peer venvs")
     p.add_argument("--json", type=Path, help="also write every result here")
     args = p.parse_args()
@@ -237,12 +274,14 @@ def run_peers(
     args: argparse.Namespace,
     results: dict[str, Any],
 ) -> None:
-    """MLServer and TorchServe on the same models, same load, same machine."""
+    """The bare aiohttp floor, MLServer and TorchServe on the same models, same load, same machine."""
     import peers as pm
 
-    def drive(server: Any, variant: str, names: dict[str, str], protocols: list[str]) -> None:
+    def drive(
+        server: Any, variant: str, names: dict[str, str], protocols: list[str], only: list[str] | None = None
+    ) -> None:
         try:
-            for m in models:
+            for m in only or models:
                 shape = ",".join(map(str, (1, *SHAPES[m])))
                 for c in concs:
                     for pr in protocols:
@@ -253,6 +292,9 @@ def run_peers(
         finally:
             server.stop()
 
+    if "bare" in peers:
+        for m in tqdm(models, desc="bare aiohttp"):
+            drive(BareServer(files[m], sessions=os.cpu_count() or 1), "bare", {m: m}, ["binary"], [m])
     if "mlserver" in peers:
         bin_dir = pm.ensure_venv(args.venv_dir, "mlserver", pm.MLSERVER_PACKAGES)
         for batching in (False, True):
