@@ -248,5 +248,9 @@ def test_in_flight_request_finishes_on_the_old_version(tmp_path: Path) -> None:
         assert r.status_code == 200 and r.json()["model_version"] == "2"
         t_slow.join(120)
         t_load.join(120)
+        # Both requests are counted, including the one served while version 1 was still draining.
+        metrics = requests.get(f"{node.url}/metrics", timeout=10).text
+        assert 'dlinfer_inference_request_success_total{model="slow",version="2"} 1.0' in metrics
+        assert 'dlinfer_inference_request_success_total{model="slow",version="1"}' not in metrics  # unloaded
     assert answers["slow"].status_code == 200 and answers["slow"].json()["model_version"] == "1"
     assert answers["load"].status_code == 200

@@ -121,12 +121,17 @@ def dlinfer_load_model(config: ModelConfig, path: Path, node_config: NodeConfig)
 
 @hookspec
 def dlinfer_model_loaded(model: ServedModel) -> None:
-    """A model version became ready (after optimizers ran). Called on the event loop."""
+    """A model version became ready (after optimizers ran), just before it takes requests.
+
+    Called on the event loop. A version reloaded under the same number (its
+    files changed) is announced again with the new model; no
+    ``dlinfer_model_unloaded`` comes between, as the version is served throughout.
+    """
 
 
 @hookspec
 def dlinfer_model_unloaded(name: str, version: int) -> None:
-    """A model version was unloaded and its memory released."""
+    """A model version stopped being served; its in-flight requests finished and its memory was released."""
 
 
 @hookspec

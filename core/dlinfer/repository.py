@@ -514,15 +514,17 @@ class ModelRepository:
                 self._status[name] = [VersionStatus(name, v, READY) for v in old] + statuses
                 loaded = old
             else:
+                # Announced before they take traffic, so metrics and other observers see every request.
+                for v, m in loaded.items():
+                    if old.get(v) is not m:
+                        self.plugins.hook.dlinfer_model_loaded(model=m)
                 self._models[name] = loaded
                 self._status[name] = statuses
             for v, m in old.items():
                 if loaded.get(v) is not m:
                     await m.close()
-                    self.plugins.hook.dlinfer_model_unloaded(name=name, version=v)
-            for v, m in loaded.items():
-                if old.get(v) is not m:
-                    self.plugins.hook.dlinfer_model_loaded(model=m)
+                    if v not in loaded:  # a version replaced under the same number is still served
+                        self.plugins.hook.dlinfer_model_unloaded(name=name, version=v)
         if not loaded:
             reasons = "; ".join(f"version {s.version}: {s.reason}" if s.version else s.reason for s in statuses)
             raise ModelLoadError(f"model {name!r} failed to load: {reasons}")

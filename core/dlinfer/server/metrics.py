@@ -129,7 +129,7 @@ class NodeMetrics:
         key = (model.name, str(model.version))
         self.pending.labels(*key).set_function(lambda: model.scheduler.queued)
         self.inflight.labels(*key).set_function(lambda: model.inflight)
-        self._reasons[key] = set()
+        self._reasons.setdefault(key, set())  # kept across a reload under the same version number
         model.scheduler.observers.append(ModelObserver(self, key))
 
     def forget(self, name: str, version: int) -> None:
