@@ -101,6 +101,12 @@ def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
     opt.add_argument("--reduced-precision", action="store_true", help="also try bf16/int8 (numerics change)")
     opt.add_argument("--batch-sizes", default="1,8", help="latency at the first, throughput at the last (default 1,8)")
     opt.add_argument("--min-seconds", type=float, default=1.0, help="time each variant at least this long per batch")
+    opt.add_argument(
+        "--prefer",
+        choices=("balanced", "latency", "throughput"),
+        default="balanced",
+        help="rank variants by batch-1 latency, by throughput at the largest batch, or both equally (default)",
+    )
     opt.add_argument("--dry-run", action="store_true", help="report only; leave config.toml as it is")
     if plugins is not None:
         plugins.hook.dlinfer_addoption(parser=serve)
@@ -237,8 +243,9 @@ def cmd_optimize(config: NodeConfig, plugins: Plugins, ns: argparse.Namespace) -
         rows.append((v.label, "yes" if v.valid else "REJECTED", *timing, *errors, v.reason[:100]))
     b1, bn = sizes[0], sizes[-1]
     _table(("variant", "valid", f"latency b{b1} ms", f"rows/s b{bn}", "max abs err", "max rel err", "reason"), rows)
-    best = best_variant(variants)
+    best = best_variant(variants, ns.prefer)
     print(f"fastest validated variant: {best.label}")
+    print(f"ranked by: {ns.prefer} (--prefer)")
     if not ns.dry_run:
         record_pipeline(repo.model_dir(ns.model) / "config.toml", best.pipeline)
         print(f"recorded optimize = {list(best.pipeline)} in {ns.model}/config.toml")

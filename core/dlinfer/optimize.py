@@ -497,10 +497,26 @@ def autotune(
     return [variants[p] for p in pipelines]
 
 
-def best_variant(variants: Sequence[Variant]) -> Variant:
-    """The validated variant with the highest throughput (the model as loaded always validates)."""
-    valid = [v for v in variants if v.valid and v.throughput is not None]
-    return max(valid, key=lambda v: (v.throughput, -(v.latency_ms or 0)))
+#: What ``dlinfer-core optimize --prefer`` ranks variants by.
+PREFERENCES = ("balanced", "latency", "throughput")
+
+
+def best_variant(variants: Sequence[Variant], prefer: str = "balanced") -> Variant:
+    """The validated variant to serve (the model as loaded always validates).
+
+    ``balanced`` ranks by throughput at the largest batch divided by latency at the
+    smallest, i.e. the geometric mean of both speed-ups, so a variant much faster at
+    batch 1 is not lost to one slightly faster at batch 8; ``latency`` and
+    ``throughput`` rank by one of them.
+    """
+    if prefer not in PREFERENCES:
+        raise ValueError(f"prefer must be one of {', '.join(PREFERENCES)}, got {prefer!r}")
+    valid = [v for v in variants if v.valid and v.throughput and v.latency_ms]
+    if prefer == "latency":
+        return min(valid, key=lambda v: (v.latency_ms, -(v.throughput or 0)))
+    if prefer == "throughput":
+        return max(valid, key=lambda v: (v.throughput, -(v.latency_ms or 0)))
+    return max(valid, key=lambda v: (v.throughput or 0) / (v.latency_ms or 1))
 
 
 def record_pipeline(config_path: Path, pipeline: Sequence[str]) -> None:

@@ -24,7 +24,9 @@ def test_optimize_records_a_validated_variant(tmp_path: Path, conv_onnx: bytes) 
     lines = done.stdout.splitlines()
     assert lines[0].split()[:3] == ["variant", "valid", "latency"]
     variants = {
-        line.split()[0]: line.split()[1] for line in lines[1:] if line and not line.startswith(("fastest", "rec"))
+        line.split()[0]: line.split()[1]
+        for line in lines[1:]
+        if line and not line.startswith(("fastest", "rec", "ranked"))
     }
     # Full precision only: the reduced-precision optimizers are tried only when asked.
     assert variants == {"baseline": "yes", "onnxruntime": "yes", "openvino": "yes"}
@@ -32,6 +34,7 @@ def test_optimize_records_a_validated_variant(tmp_path: Path, conv_onnx: bytes) 
     chosen = tomllib.loads((repo / "conv" / "config.toml").read_text())
     assert chosen["max_batch_size"] == 8 and chosen["instance_count"] == 1  # other keys kept
     winner = next(line for line in lines if line.startswith("fastest validated variant:")).split(": ")[1]
+    assert "ranked by: balanced" in lines
     assert chosen["optimize"] == ([] if winner == "baseline" else winner.split("+"))
 
 
