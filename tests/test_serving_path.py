@@ -168,3 +168,49 @@ def test_expired_and_withdrawn_calls_never_run() -> None:
     assert "expired while queued" in expired
     assert cancelled
     assert ran_inputs == [0.0, 3.0]
+
+
+def test_batches_form_on_every_free_instance() -> None:
+    """With two instances and a cap of two rows, a backlog is split over both
+    instances as they free up, and every request gets its own rows back in order."""
+    from dlinfer.scheduler import DynamicBatcher
+
+    gate = threading.Event()
+    calls: list[list[float]] = []
+    running = 0
+    most = 0
+    lock = threading.Lock()
+
+    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        nonlocal running, most
+        with lock:
+            calls.append(inputs["x"][:, 0].tolist())
+            running += 1
+            most = max(most, running)
+        gate.wait(10)
+        with lock:
+            running -= 1
+        return {"y": inputs["x"] * 10}
+
+    async def main() -> list[list[float]]:
+        # The delay makes the second instance wait for a full batch of two (deterministic batches).
+        sched = DynamicBatcher(
+            "m", run, instance_count=2, max_queue_size=8, max_batch_size=2, max_queue_delay_us=200_000
+        )
+        try:
+            first = asyncio.ensure_future(sched.submit({"x": np.array([[1.0]])}))
+            while not calls:
+                await asyncio.sleep(0.01)
+            rest = [asyncio.ensure_future(sched.submit({"x": np.array([[v]])})) for v in (2.0, 3.0, 4.0)]
+            while len(calls) < 2:
+                await asyncio.sleep(0.01)
+            gate.set()
+            results = await asyncio.gather(first, *rest)
+            return [r["y"][:, 0].tolist() for r in results]
+        finally:
+            await sched.aclose()
+            sched.close()
+
+    assert asyncio.run(main()) == [[10.0], [20.0], [30.0], [40.0]]
+    assert calls == [[1.0], [2.0, 3.0], [4.0]]
+    assert most == 2

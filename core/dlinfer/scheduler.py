@@ -14,9 +14,10 @@ A full queue is refused at once (:class:`Overloaded`) so clients back off
 instead of piling up. A request whose deadline passes while it waits is
 dropped from the queue before it reaches the model (:class:`DeadlineExceeded`);
 a request whose caller goes away (client disconnect cancels the handler) is
-dropped the same way. The batcher's bookkeeping runs on the event loop; the
-pool's queue is shared with its worker threads, which take the next call
-themselves as soon as one returns.
+dropped the same way. The queues are shared with the instance threads, which
+take their next call (or form their next batch) themselves as soon as one
+returns; the event loop only adds requests, withdraws abandoned ones and
+answers finished calls.
 """
 
 from __future__ import annotations
@@ -75,27 +76,40 @@ class Call:
     compute_s: float = 0.0
 
 
+class Stopped(Exception):
+    """Raised by a call source when its pool is closing: the worker exits."""
+
+
 class InstancePool:
     """``instance_count`` worker threads running framework calls, never on the event loop.
 
-    Calls wait in one FIFO queue that the workers take from themselves: when a
-    call returns, its worker starts the next one at once, with no round trip
-    through the event loop (on a busy machine that round trip left instances
-    idle while the loop waited for a core). The worker skips a call that was
-    withdrawn (its caller went away) and one whose deadline passed while it
-    waited, so neither spends compute. An abandoned call that already started
-    keeps its instance until the framework returns.
+    Each worker takes its next call itself as soon as the last one returns, with
+    no round trip through the event loop (on a busy machine that round trip left
+    instances idle while the loop waited for a core). By default calls come from
+    one FIFO queue (:meth:`put`); the worker skips a call that was withdrawn (its
+    caller went away) and one whose deadline passed while it waited, so neither
+    spends compute. A batcher passes ``take`` instead and forms batches there.
+    An abandoned call that already started keeps its instance until the
+    framework returns.
     """
 
-    def __init__(self, name: str, instance_count: int, run: Callable[[Batch], Batch]) -> None:
+    def __init__(
+        self,
+        name: str,
+        instance_count: int,
+        run: Callable[[Batch], Batch],
+        take: Callable[[float], Call | None] | None = None,
+    ) -> None:
         self.instance_count = instance_count
         self._run = run
+        self._take = take or self._take_queued
+        self._counts_running = take is None
         self._calls: queue.SimpleQueue[Call | None] = queue.SimpleQueue()
-        # Guards the state of calls and the two counters; held for a few instructions only.
+        # Guards the state of queued calls and the two counters; held for a few instructions only.
         self._lock = threading.Lock()
         #: Calls queued and not yet taken by a worker.
         self.waiting = 0
-        #: Calls a worker is running (including abandoned ones).
+        #: Calls of the queue a worker is running (including abandoned ones).
         self.running = 0
         self._closed = False
         self._threads = [
@@ -105,13 +119,8 @@ class InstancePool:
             t.start()
 
     @property
-    def free(self) -> bool:
-        """An instance would start a call put now without waiting."""
-        return self.running + self.waiting < self.instance_count
-
-    @property
     def backlog(self) -> int:
-        """Calls that must wait for an instance to finish."""
+        """Queued calls that must wait for an instance to finish."""
         return max(self.waiting - (self.instance_count - self.running), 0)
 
     def put(self, inputs: Batch, on_done: Callable[[Call], None], deadline: float | None = None) -> Call:
@@ -133,27 +142,36 @@ class InstancePool:
                 self.waiting -= 1
         return state
 
+    def _take_queued(self, timeout: float) -> Call | None:
+        try:
+            call = self._calls.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if call is None:
+            raise Stopped
+        with self._lock:
+            if call.state != QUEUED:
+                return None  # withdrawn: its caller went away
+            self.waiting -= 1
+            if call.deadline is not None and time.monotonic() >= call.deadline:
+                call.state = EXPIRED
+            else:
+                call.state = RUNNING
+                self.running += 1
+        return call
+
     def _serve(self) -> None:
         main = threading.main_thread()
         while True:
             try:
-                call = self._calls.get(timeout=1.0)
-            except queue.Empty:
+                call = self._take(1.0)
+            except Stopped:
+                return
+            if call is None:
                 # Exit with the interpreter even if close() was never called.
                 if self._closed or not main.is_alive():
                     return
                 continue
-            if call is None:
-                return
-            with self._lock:
-                if call.state != QUEUED:
-                    continue  # withdrawn: its caller went away
-                self.waiting -= 1
-                if call.deadline is not None and time.monotonic() >= call.deadline:
-                    call.state = EXPIRED
-                else:
-                    call.state = RUNNING
-                    self.running += 1
             if call.state == RUNNING:
                 t0 = time.perf_counter()
                 call.queue_s = t0 - call.enqueued
@@ -164,7 +182,8 @@ class InstancePool:
                     call.error = exc if plain else RuntimeError(f"{type(exc).__name__}: {exc}")
                 call.compute_s = time.perf_counter() - t0
                 with self._lock:
-                    self.running -= 1
+                    if self._counts_running:
+                        self.running -= 1
                     call.state = DONE
             self._settle(call)
 
@@ -176,7 +195,10 @@ class InstancePool:
             pass
 
     def close(self) -> None:
-        """Refuse queued calls, let running ones return, stop the workers."""
+        """Refuse queued calls, let running ones return, stop the workers.
+
+        A ``take`` source must raise :class:`Stopped` from then on itself.
+        """
         self._closed = True
         while True:
             try:
@@ -279,11 +301,12 @@ class _Queued:
     #: Requests merge only when every input agrees on name, dtype and non-batch shape;
     #: None: this request runs alone.
     key: tuple[Any, ...] | None
-    future: asyncio.Future[Batch]
+    future: asyncio.Future[Batch] = attrs.field(repr=False)
+    loop: asyncio.AbstractEventLoop = attrs.field(repr=False)
     arrived: float
     deadline: float | None
-    #: Still in the batcher's queue (not yet dispatched or dropped).
-    queued: bool = True
+    state: str = QUEUED
+    queue_s: float = 0.0
 
 
 def _merge_key(inputs: Batch) -> tuple[tuple[str, str, tuple[int, ...]], ...] | None:
@@ -297,6 +320,11 @@ def _merge_key(inputs: Batch) -> tuple[tuple[str, str, tuple[int, ...]], ...] | 
     return tuple((name, inputs[name].dtype.str, inputs[name].shape[1:]) for name in sorted(inputs))
 
 
+def _fail(future: asyncio.Future[Batch], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
 class DynamicBatcher:
     """Merges concurrent requests into batches for a model that batches.
 
@@ -305,6 +333,12 @@ class DynamicBatcher:
     request fits; otherwise it waits for more requests until the oldest one has
     waited ``max_queue_delay_us``. With no delay a free instance takes whatever
     is queued at once, so a lone request never waits.
+
+    The queue is shared with the instance threads under one condition: a free
+    instance forms its next batch itself, waiting on the condition for requests
+    or for the delay to run out, so a batch starts the moment an instance frees
+    up. The event loop only appends requests, withdraws those whose caller went
+    away, and answers finished batches.
     """
 
     def __init__(
@@ -318,7 +352,6 @@ class DynamicBatcher:
         max_queue_delay_us: int = 0,
     ) -> None:
         self.name = name
-        self.pool = InstancePool(name, instance_count, run)
         self.max_queue_size = max_queue_size
         self.max_batch_size = max_batch_size
         preferred = {p for p in preferred_batch_size if 0 < p <= max_batch_size}
@@ -327,9 +360,9 @@ class DynamicBatcher:
         self.delay_s = max_queue_delay_us / 1e6
         self.observers: list[Observer] = []
         self._queue: deque[_Queued] = deque()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
+        self._cond = threading.Condition()
         self._closed = False
+        self.pool = InstancePool(name, instance_count, run, take=self._take)
 
     @property
     def queued(self) -> int:
@@ -342,22 +375,25 @@ class DynamicBatcher:
             raise Unavailable(f"model {self.name!r} is being unloaded")
         self.refuse_if_full()
         loop = asyncio.get_running_loop()
-        item = _Queued(inputs, _rows(inputs), _merge_key(inputs), loop.create_future(), time.monotonic(), deadline)
-        self._queue.append(item)
-        self._dispatch()
+        item = _Queued(
+            inputs, _rows(inputs), _merge_key(inputs), loop.create_future(), loop, time.monotonic(), deadline
+        )
+        with self._cond:
+            self._queue.append(item)
+            self._cond.notify()
         try:
+            if deadline is None:
+                return await item.future
             async with _deadline_timeout(deadline):
-                # Awaiting the future directly: cancelling this request cancels the future,
-                # and the batcher skips it.
                 return await item.future
         except TimeoutError:
             raise DeadlineExceeded(f"model {self.name!r}: request timed out") from None
         finally:
-            if not item.future.done():
-                item.future.cancel()
-            if item.queued:
-                item.queued = False
-                self._queue.remove(item)  # dropped before any compute
+            if item.state == QUEUED:  # cancelled or timed out before a batch took it
+                with self._cond:
+                    if item.state == QUEUED:
+                        item.state = WITHDRAWN
+                        self._queue.remove(item)  # dropped before any compute
 
     def refuse_if_full(self) -> None:
         """Raise :class:`Overloaded` if the queue is full."""
@@ -367,64 +403,52 @@ class DynamicBatcher:
                 f"(queue limit {self.max_queue_size}); retry later"
             )
 
-    # ------------------------------------------------------------ dispatching
+    # ------------------------------------------------ batching (instance threads)
 
-    def _dispatch(self) -> None:
-        """Start batches while an instance is free and a batch is due.
-
-        Called on the event loop when a request arrives, when a call ends and
-        when the oldest request's delay runs out; no task sits in between, so a
-        lone request on an idle model starts at once.
-        """
-        while self.pool.free and self._queue and not self._closed:
-            now = time.monotonic()
-            self._drop_dead(now)
-            if not self._queue:
-                return
-            items, rows, room_left = self._gather()
-            wait_until = self._queue[0].arrived + self.delay_s
-            if not (rows in self.preferred or not room_left or now >= wait_until):
-                self._wake_at(wait_until)
-                return
-            if len(items) == len(self._queue):
-                self._queue.clear()
+    def _take(self, timeout: float) -> Call | None:
+        """The next batch for a free instance, waiting up to ``timeout`` for one to be due."""
+        with self._cond:
+            end = time.monotonic() + timeout
+            while True:
+                if self._closed:
+                    raise Stopped
+                now = time.monotonic()
+                self._drop_expired(now)
+                wake = end
+                if self._queue:
+                    items, rows, room_left = self._gather()
+                    wait_until = self._queue[0].arrived + self.delay_s
+                    if rows in self.preferred or not room_left or now >= wait_until:
+                        self._remove(items, now)
+                        if self._queue:
+                            self._cond.notify()  # another instance may take the rest
+                        break
+                    wake = min(wake, wait_until)
+                if now >= end:
+                    return None
+                self._cond.wait(wake - now)
+        try:
+            if len(items) == 1:
+                inputs = items[0].inputs
             else:
-                taken = set(map(id, items))
-                self._queue = deque(it for it in self._queue if id(it) not in taken)
+                inputs = {name: np.concatenate([it.inputs[name] for it in items]) for name in items[0].inputs}
+        except Exception as exc:  # inputs that cannot be stacked: fail these requests, keep serving
+            error = InferenceError(f"model {self.name!r}: cannot batch inputs: {exc}")
             for it in items:
-                it.queued = False
-            try:
-                self._launch(items)
-            except Exception as exc:  # inputs that cannot be stacked: fail these requests, keep serving
-                for it in items:
-                    if not it.future.done():
-                        it.future.set_exception(InferenceError(f"model {self.name!r}: cannot batch inputs: {exc}"))
+                it.loop.call_soon_threadsafe(_fail, it.future, error)
+            return None
+        return Call(inputs, lambda call: self._answer(items, call), items[0].loop, state=RUNNING)
 
-    def _wake_at(self, when: float) -> None:
-        """Dispatch again when the oldest request has waited its ``max_queue_delay_us``."""
-        if self._timer is not None and self._timer_at <= when:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        loop = asyncio.get_running_loop()
-        self._timer_at = when
-        self._timer = loop.call_at(loop.time() + (when - time.monotonic()), self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._dispatch()
-
-    def _drop_dead(self, now: float) -> None:
-        """Remove requests that were cancelled, and fail those past their deadline."""
-        if not any(it.future.done() or (it.deadline is not None and it.deadline <= now) for it in self._queue):
+    def _drop_expired(self, now: float) -> None:
+        """Fail queued requests whose deadline has passed (under the condition)."""
+        if not any(it.deadline is not None and it.deadline <= now for it in self._queue):
             return
         alive: deque[_Queued] = deque()
         for it in self._queue:
-            if it.future.done():
-                it.queued = False
-            elif it.deadline is not None and it.deadline <= now:
-                it.queued = False
-                it.future.set_exception(DeadlineExceeded(f"model {self.name!r}: request expired while queued"))
+            if it.deadline is not None and it.deadline <= now:
+                it.state = EXPIRED
+                error = DeadlineExceeded(f"model {self.name!r}: request expired while queued")
+                it.loop.call_soon_threadsafe(_fail, it.future, error)
             else:
                 alive.append(it)
         self._queue = alive
@@ -450,27 +474,24 @@ class DynamicBatcher:
                 return items, rows, False
         return items, rows, True
 
-    def _launch(self, items: list[_Queued]) -> None:
-        now = time.monotonic()
-        for o in self.observers:
-            for it in items:
-                o.queued(now - it.arrived)
-        if len(items) == 1:
-            inputs = items[0].inputs
+    def _remove(self, items: list[_Queued], now: float) -> None:
+        if len(items) == len(self._queue):
+            self._queue.clear()
         else:
-            inputs = {name: np.concatenate([it.inputs[name] for it in items]) for name in items[0].inputs}
-        self.pool.put(inputs, lambda call: self._split(items, call))
+            taken = set(map(id, items))
+            self._queue = deque(it for it in self._queue if id(it) not in taken)
+        for it in items:
+            it.state = RUNNING
+            it.queue_s = now - it.arrived
 
-    def _split(self, items: list[_Queued], call: Call) -> None:
-        """Hand each request its own rows of the batch's outputs, in order; then dispatch
-        the next batch on the instance this call freed."""
-        try:
-            self._answer(items, call)
-        finally:
-            self._dispatch()
+    # ------------------------------------------------ answering (event loop)
 
     def _answer(self, items: list[_Queued], call: Call) -> None:
-        exc = call.error if call.state == DONE else Unavailable(f"model {self.name!r} is being unloaded")
+        """Hand each request its own rows of the batch's outputs, in order."""
+        for o in self.observers:
+            for it in items:
+                o.queued(it.queue_s)
+        exc = call.error
         outputs: Batch = call.outputs or {}
         if exc is None:
             rows = sum(it.rows for it in items)
@@ -497,17 +518,18 @@ class DynamicBatcher:
 
     async def aclose(self) -> None:
         """Stop the batcher; queued requests are refused."""
-        self._closed = True
-        for it in self._queue:
-            it.queued = False
-            if not it.future.done():
-                it.future.set_exception(Unavailable(f"model {self.name!r} is being unloaded"))
-        self._queue.clear()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        with self._cond:
+            self._closed = True
+            for it in self._queue:
+                it.state = WITHDRAWN
+                _fail(it.future, Unavailable(f"model {self.name!r} is being unloaded"))
+            self._queue.clear()
+            self._cond.notify_all()
 
     def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
         self.pool.close()
 
 

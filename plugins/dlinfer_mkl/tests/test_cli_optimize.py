@@ -34,7 +34,7 @@ def test_optimize_records_a_validated_variant(tmp_path: Path, conv_onnx: bytes) 
     chosen = tomllib.loads((repo / "conv" / "config.toml").read_text())
     assert chosen["max_batch_size"] == 8 and chosen["instance_count"] == 1  # other keys kept
     winner = next(line for line in lines if line.startswith("fastest validated variant:")).split(": ")[1]
-    assert "ranked by: balanced" in lines
+    assert "ranked by: balanced (--prefer)" in lines
     assert chosen["optimize"] == ([] if winner == "baseline" else winner.split("+"))
 
 
