@@ -32,7 +32,10 @@ def _serve(core: Path, models: Path, cwd: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     node = subprocess.Popen(
         [core, "--model-repository", models, "--port", str(port), "--grpc-port", str(free_port())],
-        stderr=subprocess.PIPE, text=True, env=clean_env(), cwd=cwd,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+        cwd=cwd,
     )
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):

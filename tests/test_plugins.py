@@ -17,7 +17,7 @@ from dlinfer.errors import PluginLoadError
 from dlinfer.plugins import Plugins
 from dlinfer.testing import plugin_distribution
 
-GOOD = '''
+GOOD = """
 from dlinfer import hookimpl, Loader
 
 class EchoLoader(Loader):
@@ -34,7 +34,7 @@ class EchoLoader(Loader):
 @hookimpl
 def dlinfer_model_formats():
     return [EchoLoader]
-'''
+"""
 
 BROKEN = "raise ImportError('libfoo.so: cannot open shared object file')\n"
 

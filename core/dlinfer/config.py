@@ -57,9 +57,7 @@ class RepositoryConfig:
         validator=one_of("none", "explicit", "poll"),
     )
     startup_models: tuple[str, ...] = setting(("*",), "Glob patterns of the models to load at start.")
-    poll_interval_s: float = setting(
-        5.0, "Rescan interval in poll mode.", validator=in_range(0.1, kind="a number")
-    )
+    poll_interval_s: float = setting(5.0, "Rescan interval in poll mode.", validator=in_range(0.1, kind="a number"))
     allow_pickle: bool = setting(
         False,
         "Let loaders unpickle files (e.g. whole pickled torch modules); a model's config.toml must opt in "

@@ -100,6 +100,7 @@ class VersionStatus:
 #: The built-in plugin whose ``dlinfer_infer`` only calls the model's runner.
 BUILTIN_INFER = "dlinfer.builtin.loading"
 
+
 class ServedModel:
     """One loaded model version: its runner behind a scheduler, plus validation."""
 

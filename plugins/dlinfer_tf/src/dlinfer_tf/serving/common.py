@@ -41,9 +41,7 @@ def _import_protos() -> None:
     importlib.import_module(_PROTOS)
 
 
-def find_model(
-    repository: ModelRepository, name: str, version: str | int | None, admit: bool = False
-) -> ServedModel:
+def find_model(repository: ModelRepository, name: str, version: str | int | None, admit: bool = False) -> ServedModel:
     """The served model ``name`` (latest version when ``version`` is None); with ``admit``,
     for a new inference request, refused while the node drains or the queue is full."""
     lookup = repository.admit if admit else repository.get
