@@ -5,6 +5,7 @@ the registered converter for its format."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from .convert import ConvertOptions, detect_format, find_converter
 from .errors import DlinferError, ModelLoadError
@@ -47,3 +48,26 @@ def onnx_file(ctx: OptimizeContext) -> Path:
         f = converter.convert(ctx.path, ctx.workdir / "model.onnx", options).output
     ctx.cache["onnx"] = f
     return f
+
+
+#: Domains of the ONNX standard operator sets.
+STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
+
+
+def custom_ops(model: Any, standard: frozenset[str] = STANDARD_DOMAINS) -> list[tuple[str, str]]:
+    """``(domain, op_type)`` of every node of an ``onnx.ModelProto`` outside ``standard``,
+    in the main graph and in subgraphs (If/Loop/Scan bodies)."""
+    found: set[tuple[str, str]] = set()
+
+    def walk(graph: Any) -> None:
+        for node in graph.node:
+            if node.domain not in standard:
+                found.add((node.domain, node.op_type))
+            for attr in node.attribute:
+                if attr.g and attr.g.node:
+                    walk(attr.g)
+                for g in attr.graphs:
+                    walk(g)
+
+    walk(model.graph)
+    return sorted(found)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from dlinfer import InvalidInput, Loader, ModelConfig, ModelLoadError, Runner, TensorSpec
+from dlinfer.onnx_source import STANDARD_DOMAINS, custom_ops
 
 #: ONNX Runtime type strings -> V2 datatypes.
 ORT_TO_V2 = {
@@ -128,5 +129,26 @@ class OnnxLoader(Loader):
         try:
             session = ort.InferenceSession(str(f), self.session_options(config), providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
-            raise ModelLoadError(f"{f.name}: ONNX Runtime cannot load it: {exc}") from exc
+            raise ModelLoadError(f"{f.name}: ONNX Runtime cannot load it: {exc}{_custom_op_hint(f)}") from exc
         return OnnxRunner(session)
+
+
+#: Operator domains ONNX Runtime implements besides the ONNX standard (its contrib ops).
+_ORT_DOMAINS = STANDARD_DOMAINS | {"com.microsoft", "com.microsoft.nchwc", "com.microsoft.experimental"}
+
+
+def _custom_op_hint(f: Path) -> str:
+    """Why a graph with operators outside ONNX Runtime's domains fails, and what serves it."""
+    import onnx
+
+    try:
+        ops = custom_ops(onnx.load(str(f), load_external_data=False), _ORT_DOMAINS)
+    except Exception:  # not a readable ONNX file at all: ONNX Runtime's message says enough
+        return ""
+    if not ops:
+        return ""
+    listed = ", ".join(f"{op} (domain {d!r})" for d, op in ops)
+    return (
+        f". The graph uses custom operators ONNX Runtime does not implement: {listed}. Serve a TensorRT engine "
+        "(model.plan) built with the operator's plugin instead (docs/backends/tensorrt.md, 'Custom operators')"
+    )

@@ -8,33 +8,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dlinfer import ModelLoadError
+from dlinfer.onnx_source import STANDARD_DOMAINS, custom_ops
+
+__all__ = ["STANDARD_DOMAINS", "custom_ops", "missing_plugins", "plugin_creator", "register_plugins", "require_plugins"]
 
 if TYPE_CHECKING:
     from dlinfer.plugins import Plugins
 
 log = logging.getLogger("dlinfer.trt")
-
-#: Domains whose operators TensorRT's ONNX parser implements itself.
-STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml"}
-
-
-def custom_ops(model: Any) -> list[tuple[str, str]]:
-    """``(domain, op_type)`` of every node outside the standard ONNX domains, in the
-    main graph and in subgraphs (If/Loop/Scan bodies)."""
-    found: set[tuple[str, str]] = set()
-
-    def walk(graph: Any) -> None:
-        for node in graph.node:
-            if node.domain not in STANDARD_DOMAINS:
-                found.add((node.domain, node.op_type))
-            for attr in node.attribute:
-                if attr.g and attr.g.node:
-                    walk(attr.g)
-                for g in attr.graphs:
-                    walk(g)
-
-    walk(model.graph)
-    return sorted(found)
 
 
 def missing_plugins(ops: Iterable[tuple[str, str]], registered: Iterable[str]) -> list[tuple[str, str]]:
