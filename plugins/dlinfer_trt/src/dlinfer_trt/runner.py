@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from dlinfer import InvalidInput, Runner, TensorSpec
+from dlinfer import InvalidInput, ModelLoadError, Runner, TensorSpec
 from dlinfer.datatypes import v2_datatype
 
 from .availability import check, cuda_runtime
@@ -65,7 +65,10 @@ class TrtRunner(Runner):
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self._runtime.deserialize_cuda_engine(engine_bytes)
         if self.engine is None:
-            raise InvalidInput("TensorRT could not deserialize the engine")
+            raise ModelLoadError(
+                "TensorRT could not deserialize the engine: it was built for another TensorRT version or GPU, "
+                "is corrupt, or uses an operator plugin that is not registered"
+            )
         self.context = self.engine.create_execution_context()
         err, self.stream = self._cudart.cudaStreamCreate()
         check(err, "cudaStreamCreate")
