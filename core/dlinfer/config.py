@@ -18,6 +18,21 @@ MiB = 1024 * 1024
 
 
 @attrs.frozen
+class TlsConfig:
+    """TLS on the node's HTTP and gRPC ports."""
+
+    cert_file: str = setting(
+        "", "PEM certificate (chain) of the node; with `key_file` set, HTTP and gRPC are served over TLS only."
+    )
+    key_file: str = setting("", "PEM private key of `cert_file`.")
+    client_ca_file: str = setting(
+        "",
+        "PEM CA certificates; when set, clients must present a certificate one of them signed (mutual TLS, "
+        "e.g. only the gateway may call the nodes).",
+    )
+
+
+@attrs.frozen
 class ServerConfig:
     """Where and how the node listens."""
 
@@ -38,6 +53,7 @@ class ServerConfig:
         "loop; `uvloop` or `asyncio` to choose. uvloop cuts the server's CPU per request.",
         validator=one_of("auto", "uvloop", "asyncio"),
     )
+    tls: TlsConfig = setting(TlsConfig(), "TLS for the HTTP and gRPC ports (off unless `cert_file` is set).")
     keep_freed_memory: bool = setting(
         True,
         "On glibc, keep freed request buffers for reuse (mmap threshold 64 MiB, trim threshold 256 MiB) "

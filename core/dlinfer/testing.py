@@ -70,7 +70,8 @@ class RunningNode:
         self.config = config
         self.plugins = plugins
         self.timeout_s = timeout_s
-        self.url = f"http://{config.server.host}:{config.server.http_port}"
+        scheme = "https" if config.server.tls.cert_file else "http"
+        self.url = f"{scheme}://{config.server.host}:{config.server.http_port}"
         self.app: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -107,14 +108,17 @@ class RunningNode:
         from aiohttp import web
 
         from .server import create_app
+        from .server.tls import ssl_context, tls_files
 
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         try:
             self.app = create_app(self.config, self.plugins)
+            tls = tls_files(self.config)
             runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
             await runner.setup()
-            site = web.TCPSite(runner, self.config.server.host, self.config.server.http_port)
+            context = ssl_context(tls, self.config.source) if tls else None
+            site = web.TCPSite(runner, self.config.server.host, self.config.server.http_port, ssl_context=context)
             await site.start()
         except BaseException as exc:
             self._error = exc

@@ -19,6 +19,7 @@ from ..plugins import Plugins
 from ..repository import ModelRepository
 from .grpc_server import start_grpc, stop_grpc
 from .memory import tune_malloc
+from .tls import ssl_context, tls_files
 
 log = logging.getLogger("dlinfer.server")
 
@@ -127,6 +128,7 @@ async def serve(config: NodeConfig, plugins: Plugins | None = None) -> None:
     """Run the node until SIGINT/SIGTERM, then drain and return."""
     if config.server.keep_freed_memory:
         tune_malloc()
+    tls = tls_files(config)
     app = create_app(config, plugins)
     # handler_cancellation: a client that disconnects cancels its handler, which drops its queued work.
     runner = web.AppRunner(
@@ -139,9 +141,17 @@ async def serve(config: NodeConfig, plugins: Plugins | None = None) -> None:
     )
     await runner.setup()
     # A deep accept backlog: bursts of new connections get a 429 from the scheduler, not a reset.
-    site = web.TCPSite(runner, config.server.host, config.server.http_port, reuse_address=True, backlog=2048)
+    site = web.TCPSite(
+        runner,
+        config.server.host,
+        config.server.http_port,
+        reuse_address=True,
+        backlog=2048,
+        ssl_context=ssl_context(tls, config.source) if tls else None,
+    )
     await site.start()
-    log.info("dlinfer serving HTTP on http://%s:%d", config.server.host, config.server.http_port)
+    scheme = "https" if tls else "http"
+    log.info("dlinfer serving HTTP on %s://%s:%d", scheme, config.server.host, config.server.http_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

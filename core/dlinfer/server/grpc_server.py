@@ -14,6 +14,7 @@ from ..config import NodeConfig
 from ..errors import ConfigError
 from ..plugins import Plugins
 from ..repository import ModelRepository
+from .tls import grpc_credentials, tls_files
 
 log = logging.getLogger("dlinfer.grpc")
 
@@ -34,12 +35,13 @@ async def start_grpc(config: NodeConfig, plugins: Plugins, repository: ModelRepo
     )
     plugins.hook.dlinfer_grpc_services(server=server, repository=repository)
     address = f"{config.server.host}:{config.server.grpc_port}"
+    tls = tls_files(config)
     try:
-        port = server.add_insecure_port(address)
+        port = server.add_secure_port(address, grpc_credentials(tls)) if tls else server.add_insecure_port(address)
     except RuntimeError as exc:
         raise ConfigError(f"{config.source}: server.grpc_port: cannot listen on {address}: {exc}") from None
     await server.start()
-    log.info("dlinfer serving gRPC on %s", address if port else "?")
+    log.info("dlinfer serving gRPC%s on %s", " over TLS" if tls else "", address if port else "?")
     return server
 
 
