@@ -24,6 +24,15 @@ class TlsFiles:
     client_ca_path: Path | None
 
 
+def read_config_file(config: NodeConfig, key: str, name: str) -> tuple[bytes, Path]:
+    """A file named by setting ``key`` (relative to the config's folder): its bytes and path."""
+    path = (Path(config.base_dir) / name).resolve()
+    try:
+        return path.read_bytes(), path
+    except OSError as exc:
+        raise ConfigError(f"{config.source}: {key}: cannot read {path}: {exc.strerror}") from None
+
+
 def tls_files(config: NodeConfig) -> TlsFiles | None:
     """The node's TLS files, or None when TLS is off; :class:`ConfigError` names the key at fault."""
     tls = config.server.tls
@@ -35,16 +44,12 @@ def tls_files(config: NodeConfig) -> TlsFiles | None:
         missing = "key_file" if tls.cert_file else "cert_file"
         raise ConfigError(f"{config.source}: server.tls.{missing}: expected a PEM file path, got nothing")
 
-    def read(key: str, name: str) -> tuple[bytes, Path]:
-        path = (Path(config.base_dir) / name).resolve()
-        try:
-            return path.read_bytes(), path
-        except OSError as exc:
-            raise ConfigError(f"{config.source}: server.tls.{key}: cannot read {path}: {exc.strerror}") from None
-
-    cert, cert_path = read("cert_file", tls.cert_file)
-    key, key_path = read("key_file", tls.key_file)
-    ca, ca_path = read("client_ca_file", tls.client_ca_file) if tls.client_ca_file else (None, None)
+    cert, cert_path = read_config_file(config, "server.tls.cert_file", tls.cert_file)
+    key, key_path = read_config_file(config, "server.tls.key_file", tls.key_file)
+    ca: bytes | None = None
+    ca_path: Path | None = None
+    if tls.client_ca_file:
+        ca, ca_path = read_config_file(config, "server.tls.client_ca_file", tls.client_ca_file)
     files = TlsFiles(cert, key, ca, cert_path, key_path, ca_path)
     ssl_context(files, config.source)  # refuse files that do not load now, not at the first handshake
     return files

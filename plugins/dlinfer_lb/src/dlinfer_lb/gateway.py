@@ -42,6 +42,7 @@ from .settings import (
     RoutePolicy,
     check_target,
     check_url,
+    client_tls,
     node_file_path,
     policy_for,
 )
@@ -61,6 +62,7 @@ class Gateway:
         self.strategies = {name: e.obj for name, e in plugins.registry("dlinfer_balancers").items()}
         self._check_strategies()
         self.metrics = GatewayMetrics(registry)
+        self.tls = client_tls(config, settings)
         self.membership = Membership(settings, node_file_path(config, settings), self._opened, self._closed)
         self.checker = ActiveChecker(self.membership, settings.health)
         self.outlier = OutlierDetector(self.membership, settings.outlier, self._ejected)
@@ -99,7 +101,7 @@ class Gateway:
     def _opened(self, node: Node) -> None:
         node.session = aiohttp.ClientSession(
             base_url=node.url,
-            connector=aiohttp.TCPConnector(limit=self.settings.max_connections),
+            connector=aiohttp.TCPConnector(limit=self.settings.max_connections, ssl=self.tls.context),
             auto_decompress=False,  # bodies pass through as the node encoded them
             cookie_jar=aiohttp.DummyCookieJar(),  # nodes set no cookies; skip the per-request jar work
             skip_auto_headers=("User-Agent",),
@@ -122,7 +124,11 @@ class Gateway:
 
         limit = self.config.limits.max_body_bytes
         options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
-        channel = grpc.aio.insecure_channel(node.grpc, options=options)
+        if node.url.startswith("https://"):  # a node served over TLS uses it on both ports
+            credentials = grpc.ssl_channel_credentials(self.tls.ca, self.tls.key, self.tls.cert)
+            channel = grpc.aio.secure_channel(node.grpc, credentials, options=options)
+        else:
+            channel = grpc.aio.insecure_channel(node.grpc, options=options)
         if held is not None:
             self._spawn(held[1].close())
         self._channels[node.url] = (node.grpc, channel)

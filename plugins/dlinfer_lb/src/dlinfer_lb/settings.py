@@ -7,6 +7,7 @@ to a gateway. With neither, the plugin does nothing.
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,6 +16,7 @@ import attrs
 
 from dlinfer import ConfigError
 from dlinfer.config import NodeConfig
+from dlinfer.server.tls import read_config_file
 from dlinfer.settings import build, in_range
 
 PREFIX = "plugins.lb"
@@ -92,6 +94,17 @@ class RegisterSettings:
 
 
 @attrs.frozen
+class NodeTlsSettings:
+    """``[plugins.lb.tls]``: how the gateway checks nodes served over https://, and its own certificate."""
+
+    #: PEM CA certificates that signed the nodes' certificates; empty: the system's trust store.
+    ca_file: str = ""
+    #: The gateway's client certificate and key, for nodes that require one (``server.tls.client_ca_file``).
+    cert_file: str = ""
+    key_file: str = ""
+
+
+@attrs.frozen
 class LbSettings:
     """The whole ``[plugins.lb]`` table."""
 
@@ -122,6 +135,7 @@ class LbSettings:
     outlier: OutlierSettings = OutlierSettings()
     models: dict[str, ModelPolicy] = attrs.field(factory=dict)
     register: RegisterSettings = RegisterSettings()
+    tls: NodeTlsSettings = NodeTlsSettings()
 
     def node_entries(self) -> list[NodeEntry]:
         return [NodeEntry(n) if isinstance(n, str) else n for n in self.nodes]
@@ -208,6 +222,9 @@ def load_settings(config: NodeConfig) -> LbSettings:
         )
     if gateways and not reg.token:
         raise ConfigError(f"{config.source}: {PREFIX}.register.token: required when register.gateways is set")
+    if bool(settings.tls.cert_file) != bool(settings.tls.key_file):
+        missing = "key_file" if settings.tls.cert_file else "cert_file"
+        raise ConfigError(f"{config.source}: {PREFIX}.tls.{missing}: required with the other (a PEM file path)")
     if settings.enabled:
         missing = [p for p in LOCAL_V2_PLUGINS if p not in config.plugins.disable and _is_builtin(p)]
         if missing:
@@ -237,3 +254,37 @@ def read_node_file(path: Path) -> list[NodeEntry]:
     parsed = build(NodeFile, data, path)
     entries = [NodeEntry(n) if isinstance(n, str) else n for n in parsed.nodes]
     return _check_nodes(entries, f"{path}: nodes")
+
+
+@attrs.frozen
+class ClientTls:
+    """The gateway's TLS material for its connections to nodes, read and checked once."""
+
+    context: ssl.SSLContext
+    ca: bytes | None
+    cert: bytes | None
+    key: bytes | None
+
+
+def client_tls(config: NodeConfig, settings: LbSettings) -> ClientTls:
+    """The SSL context for https:// nodes and the same files for gRPC; errors name the key."""
+    tls = settings.tls
+
+    def read(key: str, name: str) -> tuple[bytes | None, Path | None]:
+        return read_config_file(config, f"{PREFIX}.tls.{key}", name) if name else (None, None)
+
+    ca, ca_path = read("ca_file", tls.ca_file)
+    cert, cert_path = read("cert_file", tls.cert_file)
+    key, key_path = read("key_file", tls.key_file)
+    try:
+        context = ssl.create_default_context(cafile=str(ca_path) if ca_path else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{config.source}: {PREFIX}.tls.ca_file: no PEM CA certificate in {ca_path}: {exc}") from None
+    if cert_path and key_path:
+        try:
+            context.load_cert_chain(cert_path, key_path)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"{config.source}: {PREFIX}.tls.cert_file/key_file: not a PEM certificate and its key: {exc}"
+            ) from None
+    return ClientTls(context, ca, cert, key)
