@@ -54,6 +54,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
     root = tmp_path_factory.mktemp("grpc") / "models"
     write_identity_models(root, DATATYPES)
     write_model(root, "linear", 1, {"model.onnx": onnx_linear_model()})
+    batching = {"instance_count": 2, "dynamic_batching": {"preferred_batch_size": [4, 8], "max_queue_delay_us": 500}}
+    write_model(root, "batched", 1, {"model.onnx": onnx_linear_model()}, config={**batching, "max_batch_size": 8})
     config = node_config(root, repository={"control_token": TOKEN})
     plugins = Plugins(config).load()
     plugins.register(EchoService(), "echo")
@@ -192,3 +194,17 @@ def test_another_service_shares_the_server(node: RunningNode, client: grpcclient
         echo = channel.unary_unary("/test.Echo/Echo")
         assert echo(b"ping", timeout=10) == b"ping"
     assert client.is_server_live()
+
+
+def test_model_config(client: grpcclient.InferenceServerClient) -> None:
+    cfg = client.get_model_config("batched", as_json=True)["config"]
+    assert cfg["name"] == "batched" and cfg["platform"] == "onnxruntime_onnx"
+    assert cfg["max_batch_size"] == 8 and cfg["version_policy"] == {"latest": {"num_versions": 1}}
+    assert cfg["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": ["4"]}]  # no batch dimension
+    assert [o["name"] for o in cfg["output"]] == ["logits", "probs"]
+    assert cfg["instance_group"] == [{"name": "batched", "count": 2, "kind": "KIND_CPU"}]
+    assert cfg["dynamic_batching"] == {"preferred_batch_size": [4, 8], "max_queue_delay_microseconds": "500"}
+    plain = client.get_model_config("id_bytes", as_json=True)["config"]
+    assert plain["input"][0]["data_type"] == "TYPE_STRING" and "dynamic_batching" not in plain
+    with pytest.raises(InferenceServerException, match="nope"):
+        client.get_model_config("nope")

@@ -25,7 +25,7 @@ from ..datatypes import numpy_dtype
 from ..errors import DlinferError, InvalidInput, ModelNotReady
 from ..inference import InferenceRequest, InferenceResponse, InferInput, RequestedOutput
 from ..plugins import hookimpl
-from ..repository import ModelRepository, check_name
+from ..repository import ModelRepository, ServedModel, check_name
 from .guards import check_control, check_limits, timeout_s, version_arg
 from .proto import inference_pb2 as pb
 
@@ -38,6 +38,7 @@ METHODS = (
     "ModelReady",
     "ServerMetadata",
     "ModelMetadata",
+    "ModelConfig",
     "ModelInfer",
     "RepositoryIndex",
     "RepositoryModelLoad",
@@ -153,6 +154,43 @@ def encode_infer_response(resp: InferenceResponse) -> Any:
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
+def model_config_message(model: ServedModel) -> Any:
+    """The model configuration extension's message for a served model.
+
+    Tensors are the ones clients send and receive (after processors), with the
+    batch dimension left out of ``dims`` when the model batches, as the
+    extension defines them.
+    """
+    doc = model.metadata()
+    cfg = model.config
+    batching = model.max_batch_size > 0
+    msg = pb.ModelConfig(
+        name=model.name,
+        platform=doc["platform"],
+        backend=cfg.format,
+        max_batch_size=model.max_batch_size,
+    )
+    policy = cfg.version_policy
+    if policy.all:
+        msg.version_policy.all.SetInParent()
+    elif policy.specific:
+        msg.version_policy.specific.versions.extend(policy.specific)
+    else:
+        msg.version_policy.latest.num_versions = policy.latest or 1
+    for kind, repeated in (("inputs", msg.input), ("outputs", msg.output)):
+        for t in doc[kind]:
+            dims = t["shape"][1:] if batching and t["shape"] else t["shape"]
+            repeated.add(
+                name=t["name"], data_type=f"TYPE_{'STRING' if t['datatype'] == 'BYTES' else t['datatype']}", dims=dims
+            )
+    gpu = doc["platform"] == "tensorrt_plan"
+    msg.instance_group.add(name=model.name, count=cfg.instance_count, kind="KIND_GPU" if gpu else "KIND_CPU")
+    if cfg.dynamic_batching is not None and batching:
+        msg.dynamic_batching.preferred_batch_size.extend(cfg.dynamic_batching.preferred_batch_size)
+        msg.dynamic_batching.max_queue_delay_microseconds = cfg.dynamic_batching.max_queue_delay_us
+    return msg
+
+
 def _rpc(message: type) -> Callable[[Handler], Handler]:
     """Parse the request bytes as ``message`` and turn a :class:`DlinferError`
     (or a bug) into the gRPC status it maps to.
@@ -225,6 +263,11 @@ class V2Servicer:
             for t in doc[kind]:
                 getattr(msg, kind).add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
         return msg
+
+    @_rpc(pb.ModelConfigRequest)
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
+        model = self.repository.get(check_name(request.name), version_arg(request.version))
+        return pb.ModelConfigResponse(config=model_config_message(model))
 
     @_rpc(pb.ModelInferRequest)
     async def ModelInfer(self, request: Any, context: Any) -> Any:

@@ -106,6 +106,7 @@ def test_grpc_clients_cannot_tell_gateway_from_node(cluster, start_gateway) -> N
         client = tgrpc.InferenceServerClient(target)
         assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("linear")
         assert client.get_model_metadata("linear").inputs[0].name == "x"
+        seen[name + "-config"] = client.get_model_config("linear", as_json=True)
         index = client.get_model_repository_index()
         assert {(m.name, m.state) for m in index.models} >= {("linear", "READY"), ("only12", "READY")}
         inp = tgrpc.InferInput("x", [1, 4], "FP32")
@@ -122,6 +123,7 @@ def test_grpc_clients_cannot_tell_gateway_from_node(cluster, start_gateway) -> N
                 seen.setdefault(name + "-errors", []).append(exc.status())
         client.close()
     np.testing.assert_array_equal(seen["node"][0], seen["gateway"][0])
+    assert seen["gateway-config"] == seen["node-config"] and seen["node-config"]["config"]["name"] == "linear"
     assert seen["gateway-spread"] == [10, 10, 10]  # swrr 1:1:1 over gRPC too
     assert seen["gateway-errors"][0] == seen["node-errors"][0] == "StatusCode.INVALID_ARGUMENT"
     assert seen["gateway-errors"][1] == "StatusCode.NOT_FOUND"

@@ -1,7 +1,7 @@
 """Gateway mode over gRPC: ``inference.GRPCInferenceService`` answered by forwarding.
 
-``ModelMetadata`` and ``ModelInfer`` are forwarded to a node's gRPC port as raw
-bytes: only the model name and version (fields 1 and 2 of both requests) are
+``ModelMetadata``, ``ModelConfig`` and ``ModelInfer`` are forwarded to a node's gRPC port as raw
+bytes: only the model name and version (fields 1 and 2 of all three requests) are
 read off the wire, tensors are never parsed. Health, server metadata, model
 readiness and the repository index are answered from what the gateway knows;
 model load/unload fan out to the nodes like over HTTP. Retries, deadlines,
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dlinfer.lb")
 
+#: Methods answered by a node that has the model: their requests start with name = 1, version = 2.
+FORWARDED = ("ModelMetadata", "ModelConfig", "ModelInfer")
 #: Statuses that mean "this node cannot take it now; another one may".
 RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 HTTP_TO_GRPC = {
@@ -124,7 +126,7 @@ class GrpcGateway:
             name: grpc.unary_unary_rpc_method_handler(_parsed(message, fn), response_serializer=_serialize)
             for name, (message, fn) in local.items()
         }
-        for name in ("ModelMetadata", "ModelInfer"):
+        for name in FORWARDED:
             handlers[name] = grpc.unary_unary_rpc_method_handler(self._forwarder(name))
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
 
