@@ -34,17 +34,8 @@ def time_to_ready(node_toml: Path) -> float:
     port = free_port()
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dlinfer.cli",
-            "--config",
-            str(node_toml),
-            "--port",
-            str(port),
-            "--grpc-port",
-            str(free_port()),
-        ],
+        [sys.executable, "-m", "dlinfer.cli", "--config", str(node_toml), "--port", str(port),
+         "--grpc-port", str(free_port())],
         stderr=subprocess.DEVNULL,
     )
     try:
@@ -68,11 +59,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmpdir = Path(tmp)
-        subprocess.run(
-            [sys.executable, str(ROOT / "examples/make_models.py"), str(tmpdir / "models")],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        subprocess.run([sys.executable, str(ROOT / "examples/make_models.py"), str(tmpdir / "models")], check=True,
+                       stdout=subprocess.DEVNULL)
         shutil.copy(ROOT / "examples/node.toml", tmpdir / "node.toml")
         times = [time_to_ready(tmpdir / "node.toml") for _ in range(args.runs)]
     plugins = subprocess.run([sys.executable, "-m", "dlinfer.cli", "plugins", "list"], capture_output=True, text=True)

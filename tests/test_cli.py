@@ -45,21 +45,9 @@ def test_examples_serve_without_importing_frameworks(tmp_path: Path) -> None:
     node_toml.write_text((ROOT / "examples" / "node.toml").read_text())
     port = free_port()
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            PROBE,
-            str(port),
-            "--config",
-            str(node_toml),
-            "--port",
-            str(port),
-            "--grpc-port",
-            str(free_port()),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [sys.executable, "-c", PROBE, str(port), "--config", str(node_toml), "--port", str(port),
+         "--grpc-port", str(free_port())],
+        capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     heavy = next(ln for ln in proc.stdout.splitlines() if ln.startswith("HEAVY="))
@@ -72,19 +60,9 @@ def test_serve_answers_curl_style_request(tmp_path: Path) -> None:
     write_model(models, "classifier", 1, {"model.onnx": onnx_linear_model()})
     port = free_port()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dlinfer.cli",
-            "--model-repository",
-            str(models),
-            "--port",
-            str(port),
-            "--grpc-port",
-            str(free_port()),
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
+        [sys.executable, "-m", "dlinfer.cli", "--model-repository", str(models), "--port", str(port),
+         "--grpc-port", str(free_port())],
+        stderr=subprocess.PIPE, text=True,
     )
     try:
         url = f"http://127.0.0.1:{port}"
@@ -111,9 +89,7 @@ def test_models_command_reports_errors(tmp_path: Path) -> None:
     write_model(models, "bad", 1, {"model.onnx": b"nope"})
     proc = subprocess.run(
         [sys.executable, "-m", "dlinfer.cli", "models", "--model-repository", str(models), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
+        capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 1
     rows = {r["name"]: r for r in json.loads(proc.stdout)}

@@ -112,7 +112,7 @@ def test_trt_plugins_catalogue_names_its_distribution() -> None:
     assert (entry.obj, entry.plugin, entry.distribution) == (Creator, "trt_ops", "dlinfer-myops")
 
 
-ADDOPTION_PLUGIN = """
+ADDOPTION_PLUGIN = '''
 from dlinfer import hookimpl
 
 @hookimpl
@@ -123,7 +123,7 @@ def dlinfer_addoption(parser):
 def dlinfer_options(options):
     import logging
     logging.getLogger("greeter").warning("greeting=%s", options.greeting)
-"""
+'''
 
 
 def test_addoption_and_options_reach_a_plugin(tmp_path: Path) -> None:
@@ -135,28 +135,14 @@ def test_addoption_and_options_reach_a_plugin(tmp_path: Path) -> None:
     (tmp_path / "models").mkdir()
     help_text = subprocess.run(
         [sys.executable, "-m", "dlinfer.cli", "serve", "--config", str(node_toml), "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        capture_output=True, text=True, timeout=60,
     ).stdout
     assert "--greeting" in help_text and "a plugin-provided option" in help_text
     port = free_port()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dlinfer.cli",
-            "--config",
-            str(node_toml),
-            "--port",
-            str(port),
-            "--grpc-port",
-            str(free_port()),
-            "--greeting",
-            "hi",
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
+        [sys.executable, "-m", "dlinfer.cli", "--config", str(node_toml), "--port", str(port),
+         "--grpc-port", str(free_port()), "--greeting", "hi"],
+        stderr=subprocess.PIPE, text=True,
     )
     try:
         for _ in range(600):
