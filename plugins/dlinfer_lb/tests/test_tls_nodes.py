@@ -74,3 +74,24 @@ def test_half_a_client_certificate_names_the_missing_key(tmp_path: Path, helpers
     config = helpers.gateway_config(tmp_path, nodes=["https://127.0.0.1:9"], tls={"cert_file": "gw.pem"})
     with pytest.raises(ConfigError, match=r"plugins\.lb\.tls\.key_file: required with the other"):
         load_settings(config)
+
+
+def test_a_tls_node_registers_itself_and_is_reached_over_mutual_tls(pki, start_gateway, helpers, tmp_path) -> None:
+    ca, gw_cert = str(pki["ca.pem"]), {"cert_file": str(pki["gw.pem"]), "key_file": str(pki["gw.key"])}
+    gw = start_gateway(registration_token="s3cret", tls={"ca_file": ca, **gw_cert})
+    repo = tmp_path / "models"
+    write_model(repo, "identity", 1, {"model.onnx": onnx_identity_model("FP32", ["batch", 4])})  # helpers.X
+    http, grpc = free_ports(2)
+    server = {
+        "http_port": http,
+        "grpc_port": grpc,
+        "tls": {"cert_file": str(pki["node.pem"]), "key_file": str(pki["node.key"]), "client_ca_file": ca},
+    }
+    register = {"gateways": [gw.url], "token": "s3cret", "interval_s": 0.1, "ttl_s": 2.0}
+    with RunningNode(node_config(repo, server=server, plugins={"lb": {"register": register}})) as node:
+        assert node.url.startswith("https://")
+        helpers.wait_for(
+            lambda: helpers.nodes_status(gw.url).get(node.url, {}).get("admitted") is True,
+            what="the node to register under its https:// address and be admitted",
+        )
+        assert helpers.send(gw.url, "identity", 10).count(200) == 10

@@ -40,8 +40,9 @@ def dlinfer_routes(app: Any, repository: Any) -> None:
         install(app, repository, settings)
     if settings.register.gateways:
         from .register import Heartbeat
+        from .settings import client_tls
 
-        app.cleanup_ctx.append(Heartbeat(config, settings.register).lifecycle)
+        app.cleanup_ctx.append(Heartbeat(config, settings.register, client_tls(config, settings)).lifecycle)
 
 
 @hookimpl

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from dlinfer.config import NodeConfig
 
-from .settings import RegisterSettings
+from .settings import ClientTls, RegisterSettings
 
 log = logging.getLogger("dlinfer.lb")
 
@@ -27,9 +27,11 @@ log = logging.getLogger("dlinfer.lb")
 class Heartbeat:
     """Announces this node to every configured gateway."""
 
-    def __init__(self, config: NodeConfig, settings: RegisterSettings) -> None:
+    def __init__(self, config: NodeConfig, settings: RegisterSettings, tls: ClientTls) -> None:
         self.settings = settings
-        self.url = settings.url or f"http://{config.server.host}:{config.server.http_port}"
+        self.tls = tls  # for gateways served over https:// (their CA; this node's certificate)
+        scheme = "https" if config.server.tls.cert_file else "http"
+        self.url = settings.url or f"{scheme}://{config.server.host}:{config.server.http_port}"
         self.grpc = settings.grpc
         if not self.grpc and "dlinfer.server.v2_grpc" not in config.plugins.disable:
             self.grpc = f"{urlsplit(self.url).hostname}:{config.server.grpc_port}"
@@ -58,7 +60,8 @@ class Heartbeat:
 
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         timeout = aiohttp.ClientTimeout(total=max(1.0, self.settings.interval_s))
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        connector = aiohttp.TCPConnector(ssl=self.tls.context)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             task = asyncio.create_task(self._beat(session), name="dlinfer-lb-heartbeat")
             yield
             task.cancel()
