@@ -43,6 +43,7 @@ from .model import ModelConfig, Runner, TensorSpec, model_config_from_dict
 from .optimize import optimize_runner
 from .scheduler import DirectScheduler, DynamicBatcher, Scheduler
 from .settings import read_toml
+from .stats import ModelStats
 
 if TYPE_CHECKING:
     from .config import NodeConfig
@@ -131,6 +132,8 @@ class ServedModel:
         self.postprocess = _resolve_processors(plugins, config.postprocess)
         self._describe_processed_tensors()
         self.scheduler = self._make_scheduler(config.max_queue_size or limits.max_queue_size)
+        self.stats = ModelStats()
+        self.scheduler.observers.append(self.stats)
         self.inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -647,6 +650,18 @@ class ModelRepository:
                 f"model {name!r} has no version {v} loaded (loaded: {', '.join(map(str, sorted(versions)))})"
             )
         return versions[v]
+
+    def statistics(self, name: str = "", version: str | None = None) -> list[dict[str, Any]]:
+        """The statistics extension's objects: every loaded version, or those of ``name``
+        (all its loaded versions, or ``version``); an unknown model is :class:`ModelNotFound`."""
+        if not name:
+            models = self.loaded()
+        elif version:
+            models = [self.get(name, version)]
+        else:
+            self.get(name)  # unknown or unavailable: the usual error
+            models = [m for m in self.loaded() if m.name == name]
+        return [m.stats.to_json(m.name, str(m.version)) for m in sorted(models, key=lambda m: (m.name, m.version))]
 
     def loaded(self) -> list[ServedModel]:
         return [m for vs in self._models.values() for m in vs.values()]

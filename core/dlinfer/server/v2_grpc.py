@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 from .. import __version__
@@ -39,12 +40,13 @@ METHODS = (
     "ServerMetadata",
     "ModelMetadata",
     "ModelConfig",
+    "ModelStatistics",
     "ModelInfer",
     "RepositoryIndex",
     "RepositoryModelLoad",
     "RepositoryModelUnload",
 )
-EXTENSIONS = ["model_repository", "binary_tensor_data", "parameters"]
+EXTENSIONS = ["model_repository", "model_configuration", "statistics", "binary_tensor_data", "parameters"]
 
 #: The ``InferTensorContents`` field each datatype travels in (FP16: raw only).
 CONTENTS_FIELD = {
@@ -268,6 +270,14 @@ class V2Servicer:
     async def ModelConfig(self, request: Any, context: Any) -> Any:
         model = self.repository.get(check_name(request.name), version_arg(request.version))
         return pb.ModelConfigResponse(config=model_config_message(model))
+
+    @_rpc(pb.ModelStatisticsRequest)
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+        name = check_name(request.name) if request.name else ""
+        msg = pb.ModelStatisticsResponse()
+        for doc in self.repository.statistics(name, version_arg(request.version)):
+            json_format.ParseDict(doc, msg.model_stats.add())
+        return msg
 
     @_rpc(pb.ModelInferRequest)
     async def ModelInfer(self, request: Any, context: Any) -> Any:

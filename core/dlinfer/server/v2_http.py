@@ -16,7 +16,14 @@ from ..repository import ModelRepository, check_name
 from .app import CONFIG, PLUGINS, REPOSITORY, STATE
 from .guards import check_control, check_limits, timeout_s, version_arg
 
-EXTENSIONS = ["model_repository", "model_configuration", "binary_tensor_data", "parameters", "plugins"]
+EXTENSIONS = [
+    "model_repository",
+    "model_configuration",
+    "statistics",
+    "binary_tensor_data",
+    "parameters",
+    "plugins",
+]
 
 
 def json_response(doc: Any, status: int = 200) -> web.Response:
@@ -48,6 +55,18 @@ async def ready(request: web.Request) -> web.Response:
 def _model(request: web.Request) -> Any:
     name = check_name(request.match_info["model"])
     return request.app[REPOSITORY].get(name, version_arg(request.match_info.get("version")))
+
+
+# Before /v2/models/{model}, which would take "stats" for a model name.
+@routes.get("/v2/models/stats")
+@routes.get("/v2/models/{model}/stats")
+@routes.get("/v2/models/{model}/versions/{version}/stats")
+async def model_statistics(request: web.Request) -> web.Response:
+    """The statistics extension: every loaded model version, or one model's."""
+    name = request.match_info.get("model", "")
+    version = version_arg(request.match_info.get("version"))
+    stats = request.app[REPOSITORY].statistics(check_name(name) if name else "", version)
+    return json_response({"model_stats": stats})
 
 
 @routes.get("/v2/models/{model}")

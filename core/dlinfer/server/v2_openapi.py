@@ -95,6 +95,34 @@ SCHEMAS: dict[str, Any] = {
         "required": ["max_batch_size"],
         "properties": {"max_batch_size": {"type": "integer", "minimum": 0}},
     },
+    "StatisticDuration": {
+        "type": "object",
+        "required": ["count", "ns"],
+        "properties": {"count": {"type": "integer", "minimum": 0}, "ns": {"type": "integer", "minimum": 0}},
+    },
+    "ModelStatistics": {
+        "type": "object",
+        "description": "The statistics extension: outcomes, queue and compute time, executions per batch size.",
+        "required": ["name", "version", "inference_count", "execution_count", "inference_stats", "batch_stats"],
+        "properties": {
+            "name": {"type": "string"},
+            "version": {"type": "string"},
+            "last_inference": {"type": "integer", "description": "ms since the epoch; 0: none yet"},
+            "inference_count": {"type": "integer", "minimum": 0},
+            "execution_count": {"type": "integer", "minimum": 0},
+            "inference_stats": {
+                "type": "object",
+                "additionalProperties": ref("StatisticDuration"),
+                "description": "success, fail, queue, compute_input, compute_infer, compute_output",
+            },
+            "batch_stats": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+    "ModelStatisticsList": {
+        "type": "object",
+        "required": ["model_stats"],
+        "properties": {"model_stats": {"type": "array", "items": ref("ModelStatistics")}},
+    },
     "RequestInput": _tensor({"description": "Row-major tensor data, flat or nested; strings for BYTES."}),
     "RequestOutput": {
         "type": "object",
@@ -249,6 +277,9 @@ def describe(spec: dict[str, Any], app: web.Application) -> None:
             {"200": json_response("config", ref("ModelConfig")), **_MODEL_ERRORS},
         ),
     )
+    stats = {"200": json_response("statistics", ref("ModelStatisticsList"))}
+    paths["/v2/models/stats"] = {"get": _op("modelStatisticsAll", "Statistics of every loaded model", "v2", stats)}
+    _per_version(spec, "/stats", "get", _op("modelStatistics", "Model statistics", "v2", {**stats, **_MODEL_ERRORS}))
     binary = {
         "schema": {
             "type": "string",
