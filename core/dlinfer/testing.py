@@ -107,17 +107,16 @@ class RunningNode:
     async def _serve(self) -> None:
         from aiohttp import web
 
-        from .server import create_app
-        from .server.tls import ssl_context, tls_files
+        from .server import TLS, create_app
 
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         try:
             self.app = create_app(self.config, self.plugins)
-            tls = tls_files(self.config)
             runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
             await runner.setup()
-            context = ssl_context(tls, self.config.source) if tls else None
+            tls = self.app[TLS]
+            context = tls.context if tls else None
             site = web.TCPSite(runner, self.config.server.host, self.config.server.http_port, ssl_context=context)
             await site.start()
         except BaseException as exc:

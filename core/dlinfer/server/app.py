@@ -19,7 +19,7 @@ from ..plugins import Plugins
 from ..repository import ModelRepository
 from .grpc_server import start_grpc, stop_grpc
 from .memory import tune_malloc
-from .tls import ssl_context, tls_files
+from .tls import TlsFiles, tls_files
 
 log = logging.getLogger("dlinfer.server")
 
@@ -54,6 +54,8 @@ CONFIG = web.AppKey("config", NodeConfig)
 PLUGINS = web.AppKey("plugins", Plugins)
 REPOSITORY = web.AppKey("repository", ModelRepository)
 STATE = web.AppKey("state", NodeState)
+#: ``[server.tls]`` read once at start (None: plain HTTP and gRPC), for every listener.
+TLS: web.AppKey[TlsFiles | None] = web.AppKey("tls")
 
 
 def error_response(exc: DlinferError) -> web.Response:
@@ -102,6 +104,7 @@ def create_app(config: NodeConfig, plugins: Plugins | None = None) -> web.Applic
         plugins = Plugins(config).load()
     plugins.check_registries()
     app = web.Application(client_max_size=config.limits.max_body_bytes, middlewares=[error_middleware])
+    app[TLS] = tls = tls_files(config)
     repository = ModelRepository(config, plugins)
     app[CONFIG] = config
     app[PLUGINS] = plugins
@@ -112,7 +115,7 @@ def create_app(config: NodeConfig, plugins: Plugins | None = None) -> web.Applic
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await _await_all(plugins.hook.dlinfer_startup(app=app))
         await repository.start()
-        grpc_server = await start_grpc(config, plugins, repository)
+        grpc_server = await start_grpc(config, plugins, repository, tls)
         app[STATE].started = True
         yield
         app[STATE].draining = True
@@ -128,8 +131,8 @@ async def serve(config: NodeConfig, plugins: Plugins | None = None) -> None:
     """Run the node until SIGINT/SIGTERM, then drain and return."""
     if config.server.keep_freed_memory:
         tune_malloc()
-    tls = tls_files(config)
     app = create_app(config, plugins)
+    tls = app[TLS]
     # handler_cancellation: a client that disconnects cancels its handler, which drops its queued work.
     runner = web.AppRunner(
         app,
@@ -147,7 +150,7 @@ async def serve(config: NodeConfig, plugins: Plugins | None = None) -> None:
         config.server.http_port,
         reuse_address=True,
         backlog=2048,
-        ssl_context=ssl_context(tls, config.source) if tls else None,
+        ssl_context=tls.context if tls else None,
     )
     await site.start()
     scheme = "https" if tls else "http"

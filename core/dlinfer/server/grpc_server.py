@@ -14,13 +14,15 @@ from ..config import NodeConfig
 from ..errors import ConfigError
 from ..plugins import Plugins
 from ..repository import ModelRepository
-from .tls import grpc_credentials, tls_files
+from .tls import TlsFiles, grpc_credentials
 
 log = logging.getLogger("dlinfer.grpc")
 
 
-async def start_grpc(config: NodeConfig, plugins: Plugins, repository: ModelRepository) -> Any | None:
-    """Build, populate and start the gRPC server; None when no plugin adds a service."""
+async def start_grpc(
+    config: NodeConfig, plugins: Plugins, repository: ModelRepository, tls: TlsFiles | None = None
+) -> Any | None:
+    """Build, populate and start the gRPC server (over TLS with ``tls``); None when no plugin adds a service."""
     if not plugins.hook.dlinfer_grpc_services.get_hookimpls():
         return None
     import grpc
@@ -35,7 +37,6 @@ async def start_grpc(config: NodeConfig, plugins: Plugins, repository: ModelRepo
     )
     plugins.hook.dlinfer_grpc_services(server=server, repository=repository)
     address = f"{config.server.host}:{config.server.grpc_port}"
-    tls = tls_files(config)
     try:
         port = server.add_secure_port(address, grpc_credentials(tls)) if tls else server.add_insecure_port(address)
     except RuntimeError as exc:

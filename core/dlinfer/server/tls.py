@@ -14,14 +14,13 @@ from ..errors import ConfigError
 
 @attrs.frozen
 class TlsFiles:
-    """The PEM contents of ``[server.tls]``, read and checked once."""
+    """``[server.tls]`` read and checked once at start: the HTTP server's SSL context and the
+    PEM bytes gRPC's credentials take."""
 
+    context: ssl.SSLContext
     cert: bytes
     key: bytes
     client_ca: bytes | None
-    cert_path: Path
-    key_path: Path
-    client_ca_path: Path | None
 
 
 def read_config_file(config: NodeConfig, key: str, name: str) -> tuple[bytes, Path]:
@@ -50,27 +49,27 @@ def tls_files(config: NodeConfig) -> TlsFiles | None:
     ca_path: Path | None = None
     if tls.client_ca_file:
         ca, ca_path = read_config_file(config, "server.tls.client_ca_file", tls.client_ca_file)
-    files = TlsFiles(cert, key, ca, cert_path, key_path, ca_path)
-    ssl_context(files, config.source)  # refuse files that do not load now, not at the first handshake
-    return files
+    # Built now, so files that do not load stop the node at start, not at the first handshake.
+    context = _server_context(config.source, cert_path, key_path, ca_path)
+    return TlsFiles(context, cert, key, ca)
 
 
-def ssl_context(files: TlsFiles, source: str = "<config>") -> ssl.SSLContext:
+def _server_context(source: str, cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
     """The HTTP server's context: TLS 1.2+, client certificates required when a client CA is set."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        ctx.load_cert_chain(files.cert_path, files.key_path)
+        ctx.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(
-            f"{source}: server.tls.cert_file/key_file: {files.cert_path.name} and {files.key_path.name} "
+            f"{source}: server.tls.cert_file/key_file: {cert.name} and {key.name} "
             f"are not a PEM certificate and its private key: {exc}"
         ) from None
-    if files.client_ca_path is not None:
+    if client_ca is not None:
         try:
-            ctx.load_verify_locations(cafile=str(files.client_ca_path))
+            ctx.load_verify_locations(cafile=str(client_ca))
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(
-                f"{source}: server.tls.client_ca_file: {files.client_ca_path.name} holds no PEM CA certificate: {exc}"
+                f"{source}: server.tls.client_ca_file: {client_ca.name} holds no PEM CA certificate: {exc}"
             ) from None
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
