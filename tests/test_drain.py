@@ -14,8 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,9 @@ import orjson
 import pytest
 import requests
 import tomli_w
-from prometheus_client.parser import text_string_to_metric_families
 
-from dlinfer.testing import free_port, write_model
+from dlinfer.testing import free_port, wait_for, write_model
+from dlinfer.testing import metric_value as metric
 
 PLUGINS_DIR = Path(__file__).parent / "scheduler_plugins"
 SLOW = {"slow.toml": b""}
@@ -72,24 +71,6 @@ class NodeProcess:
         code = self.proc.wait(timeout=60)
         self.log.close()
         return code
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
-    until = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > until:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
-def metric(url: str, name: str, model: str, **labels: str) -> float:
-    want = {"model": model, "version": "1", **labels}
-    text = requests.get(f"{url}/metrics", timeout=10).text
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == name and s.labels == want:
-                return s.value
-    return 0.0
 
 
 def body(x: np.ndarray) -> dict[str, Any]:

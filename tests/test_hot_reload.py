@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 import threading
 import time
@@ -17,6 +18,7 @@ import tomli_w
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
+from dlinfer import testing
 from dlinfer.testing import RunningNode, node_config, onnx_linear_model, onnx_slow_model, write_model
 
 X = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
@@ -29,13 +31,7 @@ def expected_probs(seed: int) -> np.ndarray:
     return session.run(["probs"], {"x": X})[0]
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float = 20) -> None:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
+wait_for = functools.partial(testing.wait_for, timeout_s=20, interval_s=0.05)
 
 
 class Load:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,7 +24,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dlinfer.config import NodeConfig
 from dlinfer.plugins import Plugins
-from dlinfer.testing import RunningNode, node_config, onnx_identity_model, onnx_linear_model, write_model
+from dlinfer.testing import (
+    RunningNode,
+    node_config,
+    onnx_identity_model,
+    onnx_linear_model,
+    wait_for,
+    write_model,
+)
+from dlinfer.testing import metric_value as metric
 
 PLUGINS_DIR = Path(__file__).parent / "scheduler_plugins"
 SLOW = {"slow.toml": b""}
@@ -39,19 +46,6 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for fam in text_string_to_metric_families(text)
         for s in fam.samples
     }
-
-
-def metric(url: str, name: str, model: str, **labels: str) -> float:
-    key = (name, tuple(sorted({"model": model, "version": "1", **labels}.items())))
-    return scrape(url).get(key, 0.0)
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
-    until = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > until:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def body(x: np.ndarray, name: str = "x", **params: Any) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,33 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in sockets:
             s.close()
+
+
+def wait_for(
+    check: Callable[[], object], what: str = "condition", timeout_s: float = 30.0, interval_s: float = 0.01
+) -> None:
+    """Poll ``check`` until it returns something true; after ``timeout_s`` fail naming ``what``."""
+    until = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > until:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval_s)
+
+
+def metric_value(url: str, name: str, model: str, version: str = "1", **labels: str) -> float:
+    """One sample of a node's ``/metrics`` for a model version (0 when the series does not exist yet)."""
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    want = {"model": model, "version": version, **labels}
+    with urlopen(f"{url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == want:
+                return sample.value
+    return 0.0
 
 
 def node_config(repository: Path, /, **tables: dict[str, Any]) -> NodeConfig:

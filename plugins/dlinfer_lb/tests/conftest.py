@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 import time
 from collections import Counter
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 import requests
 
-from dlinfer import hookimpl
+from dlinfer import hookimpl, testing
 from dlinfer.config import node_config_from_dict
 from dlinfer.plugins import BUILTIN_PLUGINS, Plugins
 from dlinfer.testing import (
@@ -146,12 +147,7 @@ def send(url: str, model: str, n: int, concurrency: int = 8, headers: dict[str, 
     return asyncio.run(_load(url, model, n, concurrency, headers))
 
 
-def wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:
-    until = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > until:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+wait_for = functools.partial(testing.wait_for, timeout_s=10.0, interval_s=0.05)
 
 
 def nodes_status(gateway_url: str) -> dict[str, dict[str, Any]]:
