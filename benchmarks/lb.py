@@ -28,8 +28,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +40,7 @@ sys.path.insert(0, str(HERE))
 
 from bench_models import SHAPES, write  # noqa: E402
 from loadgen import cpu_seconds  # noqa: E402
+from servers import wait_http  # noqa: E402
 
 LOCAL_V2 = ["dlinfer.server.v2_http", "dlinfer.server.v2_grpc"]
 
@@ -72,17 +71,7 @@ class Process:
         self.proc = subprocess.Popen([*cmd, "--config", str(folder / "node.toml")], env=env)
         self.url = f"http://127.0.0.1:{self.port}"
         self.grpc = f"127.0.0.1:{self.grpc_port}"
-        until = time.monotonic() + 120
-        while time.monotonic() < until:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"dlinfer-core exited with {self.proc.returncode}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/v2/health/ready", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.2)
-        raise TimeoutError("dlinfer-core did not become ready")
+        wait_http(f"{self.url}/v2/health/ready", self.proc, timeout_s=120)
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -22,10 +22,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from servers import wait_http
 
 MLSERVER_PACKAGES = ["mlserver==1.7.1", "uvloop==0.21.0", "onnxruntime", "numpy<2.6"]
 TORCHSERVE_PACKAGES = ["torchserve==0.12.0", "torch-model-archiver==0.12.0", "pyyaml", "numpy<2.6"]
@@ -105,22 +106,6 @@ def ensure_venv(root: Path, name: str, packages: list[str], borrow: list[str] = 
         site = next((venv / "lib").glob("python*/site-packages"))
         (site / "zz_borrowed.pth").write_text("\n".join(borrow) + "\n")
     return venv / "bin"
-
-
-def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 180) -> None:
-    until = time.monotonic() + timeout_s
-    while time.monotonic() < until:
-        if proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{tail}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.25)
-    raise RuntimeError(f"{url} not ready in {timeout_s} s")
 
 
 class Server:

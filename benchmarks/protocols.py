@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import requests
 from loadgen import cpu_seconds
+from servers import wait_http
 
 from dlinfer.testing import free_ports, onnx_identity_model, onnx_linear_model, write_model
 
@@ -161,16 +161,12 @@ def start_server(
     cmd = [sys.executable, "-m", "dlinfer.cli", "--model-repository", str(root)]
     cmd += ["--port", str(http_port), "--grpc-port", str(grpc_port), "--log-level", "warning"]
     proc = subprocess.Popen(cmd, env=env)
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"http://127.0.0.1:{http_port}{ready_path}", timeout=1).status_code == 200:
-                return proc, http_port, grpc_port
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("server did not become ready")
+    try:
+        wait_http(f"http://127.0.0.1:{http_port}{ready_path}", proc, timeout_s=wait_s)
+    except RuntimeError:
+        proc.kill()
+        raise
+    return proc, http_port, grpc_port
 
 
 def progress(items: list[Any], label: str) -> Any:

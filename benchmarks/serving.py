@@ -41,8 +41,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +52,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench_models import SHAPES, write  # noqa: E402
+from servers import wait_http  # noqa: E402
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "direct": {"instance_count": 1},
@@ -72,7 +71,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Node:
+class Started:
+    """A server subprocess on ``http`` (and ``grpc``) ports, ready when constructed; SIGTERM stops it."""
+
+    http: int
+    grpc: int = 0
+    proc: subprocess.Popen
+
+    def _start(self, cmd: list[str], env: dict[str, str] | None = None, timeout_s: float = 120) -> None:
+        self.proc = subprocess.Popen(cmd, env=env)
+        try:
+            wait_http(f"http://127.0.0.1:{self.http}/v2/health/ready", self.proc, timeout_s=timeout_s)
+        except RuntimeError:
+            self.proc.kill()
+            raise
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+
+
+class Node(Started):
     """``dlinfer-core`` in a subprocess, serving ``repo``; only the ONNX plugin is loaded."""
 
     def __init__(self, repo: Path, folder: Path) -> None:
@@ -86,54 +109,17 @@ class Node:
         env = {**os.environ, "DLINFER_DISABLE_PLUGIN_AUTOLOAD": "1", "DLINFER_PLUGINS": "onnx"}
         exe = shutil.which("dlinfer-core", path=str(Path(sys.executable).parent))
         cmd = [exe] if exe else [sys.executable, "-m", "dlinfer.cli"]
-        self.proc = subprocess.Popen([*cmd, "--config", str(folder / "node.toml")], env=env)
         self.url = f"http://127.0.0.1:{self.http}"
-        until = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/v2/health/ready", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > until:
-                raise RuntimeError("dlinfer-core did not become ready")
-            time.sleep(0.1)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(60)
+        self._start([*cmd, "--config", str(folder / "node.toml")], env)
 
 
-class BareServer:
+class BareServer(Started):
     """``bare_server.py``: aiohttp + ONNX Runtime with no scheduler, one session per core."""
 
     def __init__(self, model: Path, sessions: int) -> None:
         self.http = free_port()
-        self.grpc = 0
         cmd = [sys.executable, str(HERE / "bare_server.py"), f"--model={model}", f"--port={self.http}"]
-        self.proc = subprocess.Popen([*cmd, f"--sessions={sessions}", "--threads=1"])
-        until = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/v2/health/ready", timeout=2):
-                    break
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > until:
-                    raise RuntimeError("bare_server.py did not start") from None
-                time.sleep(0.1)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
+        self._start([*cmd, f"--sessions={sessions}", "--threads=1"], timeout_s=60)
 
 
 def run_json(cmd: list[str]) -> dict[str, Any]:
