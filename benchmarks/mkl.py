@@ -11,6 +11,11 @@ over HTTP with binary tensors (tritonclient) at batch 1 and 8, the variants of a
 taking turns so that load from other processes hits them alike. Prints images/s, speed-up
 over the baseline, the server's CPU-ms per image (steadier than throughput on a shared
 machine) and the largest difference from the baseline's outputs.
+
+Then, with the server stopped (``benchmarks/mkl_reference.py``): Keras ResNet-50's speed-ups
+against each TensorFlow baseline measured in process (eager calls, graph with oneDNN, graph
+with stock kernels), and every CNN variant's GFLOP/s against the best rate OpenVINO reaches
+on single ResNet-50 convolutions at that precision (how much room a faster variant has).
 """
 
 from __future__ import annotations
@@ -215,6 +220,7 @@ def main() -> None:
             server.terminate()
             server.wait(60)
     _report(rows, args)
+    _report_reference(rows, names, args)
 
 
 def meta_type(meta: dict[str, Any], name: str) -> str:
@@ -250,6 +256,43 @@ def _report(rows: list[tuple], args: argparse.Namespace) -> None:
             f"| {name} | {variant} | {pipeline} | {b} | {lat:.1f} | {ips:.1f} | {ips / base[(name, b)]:.2f}x "
             f"| {cpu:.1f} | {abs_err:.1e} | {rel_err:.1e} |"
         )
+
+
+def _report_reference(rows: list[tuple], names: list[str], args: argparse.Namespace) -> None:
+    """Keras baselines and compute rates against the CPU's convolution ceiling (server stopped)."""
+    import mkl_reference as ref
+
+    served = {(name, variant, b): ips for name, variant, _, b, _, ips, *_ in rows}
+    if "resnet50_keras" in names:
+        print("\nresnet50_keras, speed-up of the served variants over TensorFlow run in process:\n")
+        print("| baseline | rows/s b1 | rows/s b8 | best b1 | best b8 | bf16 b1 | bf16 b8 |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for label, mode, stock in (
+            ("Keras eager call `model(x)`", "eager", False),
+            ("graph, oneDNN kernels (TF default; what dlinfer-tf serves)", "graph", False),
+            ("graph, stock kernels (`TF_ENABLE_ONEDNN_OPTS=0`)", "graph", True),
+        ):
+            base = ref.keras_baseline(mode, stock, BATCHES, args.seconds / 2, args.threads)
+            ups = [served[("resnet50_keras", v, b)] / base[b] for v in ("best", "bf16") for b in BATCHES]
+            cells = " | ".join(f"{u:.2f}x" for u in ups)
+            print(f"| {label} | {base[1]:.1f} | {base[8]:.1f} | {cells} |", flush=True)
+    cnns = [n for n in names if n.startswith("resnet50")]  # conv-bound: the ceiling applies
+    if not cnns:
+        return
+    ceiling = ref.conv_ceiling(args.threads)
+    print(
+        f"\nCompute rate through the server; ceiling = OpenVINO's best single ResNet-50 3x3 convolution "
+        f"(batch 8): f32 {ceiling['f32']:.0f} GFLOP/s, bf16 {ceiling['bf16']:.0f} GFLOP/s\n"
+    )
+    print("| model | GFLOP/image | variant | batch | GFLOP/s | % of ceiling |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name in cnns:
+        gflops = ref.model_gflops(name)
+        for (model, variant, b), ips in served.items():
+            if model == name:
+                rate = ips * gflops
+                top = ceiling["bf16" if variant == "bf16" else "f32"]
+                print(f"| {name} | {gflops:.2f} | {variant} | {b} | {rate:.0f} | {100 * rate / top:.0f}% |")
 
 
 if __name__ == "__main__":
