@@ -520,11 +520,13 @@ def best_variant(variants: Sequence[Variant], prefer: str = "balanced") -> Varia
 
 
 def record_pipeline(config_path: Path, pipeline: Sequence[str]) -> None:
-    """Write ``optimize = [...]`` into a model's config.toml, keeping its other keys."""
-    import tomllib
+    """Write ``optimize = [...]`` into a model's config.toml.
 
-    import tomli_w
+    The file is edited, not regenerated: an operator's comments, key order and other keys
+    stay as they were (tomlkit keeps the document's layout).
+    """
+    import tomlkit
 
-    data = tomllib.loads(config_path.read_text()) if config_path.exists() else {}
-    data["optimize"] = list(pipeline)
-    config_path.write_text(tomli_w.dumps(data))
+    doc = tomlkit.parse(config_path.read_text()) if config_path.exists() else tomlkit.document()
+    doc["optimize"] = list(pipeline)
+    config_path.write_text(tomlkit.dumps(doc))

@@ -16,9 +16,21 @@ def run(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+HAND_WRITTEN = """\
+# tuned on the build box
+max_batch_size = 8  # clients send up to 8
+instance_count = 1
+
+[dynamic_batching]
+# keep latency low
+max_queue_delay_us = 500
+"""
+
+
 def test_optimize_records_a_validated_variant(tmp_path: Path, conv_onnx: bytes) -> None:
     repo = tmp_path / "models"
-    write_model(repo, "conv", 1, {"model.onnx": conv_onnx}, {"max_batch_size": 8, "instance_count": 1})
+    write_model(repo, "conv", 1, {"model.onnx": conv_onnx}, {})
+    (repo / "conv" / "config.toml").write_text(HAND_WRITTEN)
     done = run("optimize", "conv", "--model-repository", str(repo), "--min-seconds", "0.05")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
@@ -32,7 +44,10 @@ def test_optimize_records_a_validated_variant(tmp_path: Path, conv_onnx: bytes) 
     assert variants == {"baseline": "yes", "onnxruntime": "yes", "openvino": "yes"}
     assert "optimizing conv" in done.stderr  # the progress bar
     chosen = tomllib.loads((repo / "conv" / "config.toml").read_text())
-    assert chosen["max_batch_size"] == 8 and chosen["instance_count"] == 1  # other keys kept
+    assert chosen["max_batch_size"] == 8 and chosen["instance_count"] == 1
+    assert chosen["dynamic_batching"] == {"max_queue_delay_us": 500}
+    text = (repo / "conv" / "config.toml").read_text()
+    assert "# tuned on the build box" in text and "max_batch_size = 8  # clients send up to 8" in text
     winner = next(line for line in lines if line.startswith("fastest validated variant:")).split(": ")[1]
     assert "ranked by: balanced (--prefer)" in lines
     assert chosen["optimize"] == ([] if winner == "baseline" else winner.split("+"))
