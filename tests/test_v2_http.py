@@ -56,7 +56,8 @@ def test_health_and_metadata(node: RunningNode) -> None:
     assert requests.get(f"{node.url}/v2/models/linear/ready").status_code == 200
     assert requests.get(f"{node.url}/v2/models/broken/ready").status_code == 400
     cfg = requests.get(f"{node.url}/v2/models/linear/config").json()
-    assert cfg["max_batch_size"] == 64 and cfg["version_policy"]["all"] is True
+    assert cfg["max_batch_size"] == 64 and cfg["version_policy"] == {"all": {}}
+    assert cfg["dlinfer"]["version_policy"]["all"] is True  # dlinfer's own form beside the extension's
 
 
 def test_infer_matches_onnxruntime(node: RunningNode) -> None:
@@ -83,6 +84,11 @@ def test_tritonclient_http(node: RunningNode) -> None:
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready("linear")
     assert client.get_model_metadata("linear")["name"] == "linear"
+    cfg = client.get_model_config("linear")  # the model configuration extension's JSON
+    assert cfg["name"] == "linear" and cfg["platform"] == "onnxruntime_onnx" and cfg["max_batch_size"] == 64
+    assert cfg["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [4]}]  # no batch dimension
+    assert [o["name"] for o in cfg["output"]] == ["logits", "probs"]
+    assert cfg["instance_group"] == [{"name": "linear", "kind": "KIND_CPU", "count": 1}]
     x = np.random.default_rng(1).standard_normal((2, 4)).astype(np.float32)
     inp = triton.InferInput("x", [2, 4], "FP32")
     inp.set_data_from_numpy(x, binary_data=False)

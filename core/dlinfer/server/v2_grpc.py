@@ -28,6 +28,7 @@ from ..inference import InferenceRequest, InferenceResponse, InferInput, Request
 from ..plugins import hookimpl
 from ..repository import ModelRepository, ServedModel, check_name
 from .guards import check_control, check_limits, timeout_s, version_arg
+from .model_config import extension_config
 from .proto import inference_pb2 as pb
 
 log = logging.getLogger("dlinfer.grpc")
@@ -157,40 +158,8 @@ Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
 def model_config_message(model: ServedModel) -> Any:
-    """The model configuration extension's message for a served model.
-
-    Tensors are the ones clients send and receive (after processors), with the
-    batch dimension left out of ``dims`` when the model batches, as the
-    extension defines them.
-    """
-    doc = model.metadata()
-    cfg = model.config
-    batching = model.max_batch_size > 0
-    msg = pb.ModelConfig(
-        name=model.name,
-        platform=doc["platform"],
-        backend=cfg.format,
-        max_batch_size=model.max_batch_size,
-    )
-    policy = cfg.version_policy
-    if policy.all:
-        msg.version_policy.all.SetInParent()
-    elif policy.specific:
-        msg.version_policy.specific.versions.extend(policy.specific)
-    else:
-        msg.version_policy.latest.num_versions = policy.latest or 1
-    for kind, repeated in (("inputs", msg.input), ("outputs", msg.output)):
-        for t in doc[kind]:
-            dims = t["shape"][1:] if batching and t["shape"] else t["shape"]
-            repeated.add(
-                name=t["name"], data_type=f"TYPE_{'STRING' if t['datatype'] == 'BYTES' else t['datatype']}", dims=dims
-            )
-    gpu = doc["platform"] == "tensorrt_plan"
-    msg.instance_group.add(name=model.name, count=cfg.instance_count, kind="KIND_GPU" if gpu else "KIND_CPU")
-    if cfg.dynamic_batching is not None and batching:
-        msg.dynamic_batching.preferred_batch_size.extend(cfg.dynamic_batching.preferred_batch_size)
-        msg.dynamic_batching.max_queue_delay_microseconds = cfg.dynamic_batching.max_queue_delay_us
-    return msg
+    """The model configuration extension's message for a served model."""
+    return json_format.ParseDict(extension_config(model), pb.ModelConfig())
 
 
 def _rpc(message: type) -> Callable[[Handler], Handler]:

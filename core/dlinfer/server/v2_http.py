@@ -15,6 +15,7 @@ from ..plugins import hookimpl
 from ..repository import ModelRepository, check_name
 from .app import CONFIG, PLUGINS, REPOSITORY, STATE
 from .guards import check_control, check_limits, timeout_s, version_arg
+from .model_config import extension_config
 
 EXTENSIONS = [
     "model_repository",
@@ -88,10 +89,11 @@ async def model_ready(request: web.Request) -> web.Response:
 @routes.get("/v2/models/{model}/config")
 @routes.get("/v2/models/{model}/versions/{version}/config")
 async def model_config(request: web.Request) -> web.Response:
+    """The extension's configuration (Triton's JSON shape), and dlinfer's own under ``dlinfer``."""
     model = _model(request)
-    doc = attrs.asdict(model.config)
-    doc["max_batch_size"] = model.max_batch_size
-    return json_response(doc)
+    native = attrs.asdict(model.config)
+    native["max_batch_size"] = model.max_batch_size
+    return json_response({**extension_config(model), "dlinfer": native})
 
 
 async def read_body(request: web.Request) -> bytes:

@@ -89,11 +89,32 @@ SCHEMAS: dict[str, Any] = {
             "error": {"type": "string", "description": "why the model is not ready"},
         },
     },
+    "ModelConfigTensor": {
+        "type": "object",
+        "required": ["name", "data_type", "dims"],
+        "properties": {
+            "name": {"type": "string"},
+            "data_type": {"type": "string", "description": "TYPE_FP32, TYPE_INT64, TYPE_STRING, ..."},
+            "dims": {"type": "array", "items": {"type": "integer"}, "description": "without the batch dimension"},
+        },
+    },
     "ModelConfig": {
         "type": "object",
-        "description": "The model's effective config.toml as JSON.",
-        "required": ["max_batch_size"],
-        "properties": {"max_batch_size": {"type": "integer", "minimum": 0}},
+        "description": "The model configuration extension's fields (Triton's JSON shape) and, under "
+        "`dlinfer`, the model's effective config.toml.",
+        "required": ["name", "platform", "max_batch_size", "input", "output", "dlinfer"],
+        "properties": {
+            "name": {"type": "string"},
+            "platform": {"type": "string"},
+            "backend": {"type": "string"},
+            "version_policy": {"type": "object"},
+            "max_batch_size": {"type": "integer", "minimum": 0},
+            "input": {"type": "array", "items": ref("ModelConfigTensor")},
+            "output": {"type": "array", "items": ref("ModelConfigTensor")},
+            "instance_group": {"type": "array", "items": {"type": "object"}},
+            "dynamic_batching": {"type": "object"},
+            "dlinfer": {"type": "object", "description": "the effective config.toml as JSON"},
+        },
     },
     "StatisticDuration": {
         "type": "object",
