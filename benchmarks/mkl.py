@@ -6,7 +6,8 @@ For each model (random weights, nothing downloaded): ``dlinfer-core optimize`` t
 full-precision variants in process and records the fastest one that passes the f32 gate
 (1e-5 abs + 1e-5 rel against the model as loaded). Then one server serves, side by side,
 the model as loaded (eager torch / Keras through dlinfer-tf), the recorded variant and,
-for the CNNs, the opt-in bf16 variant (OpenVINO at bf16). Requests go one at a time
+for the CNNs, the opt-in bf16 (OpenVINO at bf16) and int8 (ONNX Runtime static quantisation)
+variants, each only if its gate passes. Requests go one at a time
 over HTTP with binary tensors (tritonclient) at batch 1 and 8, the variants of a model
 taking turns so that load from other processes hits them alike. Prints images/s, speed-up
 over the baseline, the server's CPU-ms per image (steadier than throughput on a shared
@@ -171,7 +172,7 @@ def main() -> None:
             print(f"\n`dlinfer-core optimize {name}` (in process):\n\n```\n{table.strip()}\n```\n", flush=True)
             plans[name] = [("eager", []), ("best", best)]
             if name != "widedeep_torch":
-                plans[name].append(("bf16", ["openvino", "bf16"]))
+                plans[name] += [("bf16", ["openvino", "bf16"]), ("int8", ["int8"])]
             for variant, pipeline in plans[name]:
                 add_variant(repo, name, variant, pipeline)
             shutil.rmtree(repo / name)
@@ -184,13 +185,13 @@ def main() -> None:
         rows = []
         try:
             client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=300)
-            wanted = [f"{n}__{v}" for n in names for v, _ in plans[n]]
-            deadline = time.monotonic() + 1200
-            while not all(_ready(client, m) for m in wanted):
-                if time.monotonic() > deadline or server.poll() is not None:
-                    log.seek(0)
-                    raise SystemExit(f"server did not get ready:\n{log.read()[-4000:]}")
-                time.sleep(1)
+            refused = _wait_loaded(client, [f"{n}__{v}" for n in names for v, _ in plans[n]], server, log)
+            for model, reason in refused.items():
+                name, variant = model.split("__")
+                if variant in ("eager", "best"):
+                    raise SystemExit(f"{model} did not load: {reason}")
+                print(f"{model} not served (the gate refused it or it failed to load): {reason}", flush=True)
+                plans[name] = [(v, p) for v, p in plans[name] if v != variant]
             rng = np.random.default_rng(0)
             for name in names:
                 meta = client.get_model_metadata(f"{name}__eager")
@@ -227,11 +228,21 @@ def meta_type(meta: dict[str, Any], name: str) -> str:
     return next(t["datatype"] for t in meta["inputs"] if t["name"] == name)
 
 
-def _ready(client: Any, model: str) -> bool:
-    try:
-        return bool(client.is_model_ready(model))
-    except Exception:
-        return False
+def _wait_loaded(client: Any, wanted: list[str], server: subprocess.Popen, log: Any) -> dict[str, str]:
+    """Wait until every model is READY or has failed; the failed ones with their reasons."""
+    deadline = time.monotonic() + 1200
+    while True:
+        try:
+            rows = {r["name"]: r for r in client.get_model_repository_index()}
+        except Exception:  # not listening yet
+            rows = {}
+        states = {m: rows.get(m, {}).get("state", "") for m in wanted}
+        if all(state in ("READY", "UNAVAILABLE") for state in states.values()):
+            return {m: rows[m].get("reason", "") for m, state in states.items() if state == "UNAVAILABLE"}
+        if time.monotonic() > deadline or server.poll() is not None:
+            log.seek(0)
+            raise SystemExit(f"server did not get ready:\n{log.read()[-4000:]}")
+        time.sleep(1)
 
 
 def _report(rows: list[tuple], args: argparse.Namespace) -> None:
@@ -264,16 +275,18 @@ def _report_reference(rows: list[tuple], names: list[str], args: argparse.Namesp
 
     served = {(name, variant, b): ips for name, variant, _, b, _, ips, *_ in rows}
     if "resnet50_keras" in names:
+        variants = [v for v in ("best", "bf16", "int8") if ("resnet50_keras", v, BATCHES[0]) in served]
         print("\nresnet50_keras, speed-up of the served variants over TensorFlow run in process:\n")
-        print("| baseline | rows/s b1 | rows/s b8 | best b1 | best b8 | bf16 b1 | bf16 b8 |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
+        heads = " | ".join(f"{v} b{b}" for v in variants for b in BATCHES)
+        print(f"| baseline | rows/s b1 | rows/s b8 | {heads} |")
+        print("| --- " * (3 + len(variants) * len(BATCHES)) + "|")
         for label, mode, stock in (
             ("Keras eager call `model(x)`", "eager", False),
             ("graph, oneDNN kernels (TF default; what dlinfer-tf serves)", "graph", False),
             ("graph, stock kernels (`TF_ENABLE_ONEDNN_OPTS=0`)", "graph", True),
         ):
             base = ref.keras_baseline(mode, stock, BATCHES, args.seconds / 2, args.threads)
-            ups = [served[("resnet50_keras", v, b)] / base[b] for v in ("best", "bf16") for b in BATCHES]
+            ups = [served[("resnet50_keras", v, b)] / base[b] for v in variants for b in BATCHES]
             cells = " | ".join(f"{u:.2f}x" for u in ups)
             print(f"| {label} | {base[1]:.1f} | {base[8]:.1f} | {cells} |", flush=True)
     cnns = [n for n in names if n.startswith("resnet50")]  # conv-bound: the ceiling applies
@@ -290,9 +303,9 @@ def _report_reference(rows: list[tuple], names: list[str], args: argparse.Namesp
         gflops = ref.model_gflops(name)
         for (model, variant, b), ips in served.items():
             if model == name:
-                rate = ips * gflops
-                top = ceiling["bf16" if variant == "bf16" else "f32"]
-                print(f"| {name} | {gflops:.2f} | {variant} | {b} | {rate:.0f} | {100 * rate / top:.0f}% |")
+                rate = ips * gflops  # int8: the f32 model's operations per second; no int8 ceiling measured
+                share = "-" if variant == "int8" else f"{100 * rate / ceiling.get(variant, ceiling['f32']):.0f}%"
+                print(f"| {name} | {gflops:.2f} | {variant} | {b} | {rate:.0f} | {share} |")
 
 
 if __name__ == "__main__":
