@@ -121,6 +121,11 @@ class LimitsConfig:
         "Seconds a client may take to send a request body (a stalled body gets 408).",
         validator=in_range(0.01, kind="a number"),
     )
+    max_header_bytes: int = setting(
+        8190,
+        "Longest HTTP request line and longest header field; longer ones get HTTP 400.",
+        validator=in_range(1024, 1 << 20),
+    )
 
 
 @attrs.frozen

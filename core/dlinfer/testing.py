@@ -133,20 +133,14 @@ class RunningNode:
         run(self._serve(), self.config.server.event_loop)
 
     async def _serve(self) -> None:
-        from aiohttp import web
-
-        from .server import TLS, create_app
+        from .server import create_app
+        from .server.app import start_http
 
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         try:
             self.app = create_app(self.config, self.plugins)
-            runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
-            await runner.setup()
-            tls = self.app[TLS]
-            context = tls.context if tls else None
-            site = web.TCPSite(runner, self.config.server.host, self.config.server.http_port, ssl_context=context)
-            await site.start()
+            runner = await start_http(self.app)
         except BaseException as exc:
             self._error = exc
             self._started.set()

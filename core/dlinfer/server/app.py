@@ -127,11 +127,9 @@ def create_app(config: NodeConfig, plugins: Plugins | None = None) -> web.Applic
     return app
 
 
-async def serve(config: NodeConfig, plugins: Plugins | None = None) -> None:
-    """Run the node until SIGINT/SIGTERM, then drain and return."""
-    if config.server.keep_freed_memory:
-        tune_malloc()
-    app = create_app(config, plugins)
+async def start_http(app: web.Application) -> web.AppRunner:
+    """Listen on ``server.http_port`` (TLS when configured) with the node's HTTP settings."""
+    config = app[CONFIG]
     tls = app[TLS]
     # handler_cancellation: a client that disconnects cancels its handler, which drops its queued work.
     runner = web.AppRunner(
@@ -141,6 +139,8 @@ async def serve(config: NodeConfig, plugins: Plugins | None = None) -> None:
         handler_cancellation=True,
         shutdown_timeout=_RESPONSE_GRACE_S,
         read_bufsize=_READ_BUFSIZE,
+        max_line_size=config.limits.max_header_bytes,
+        max_field_size=config.limits.max_header_bytes,
     )
     await runner.setup()
     # A deep accept backlog: bursts of new connections get a 429 from the scheduler, not a reset.
@@ -152,8 +152,21 @@ async def serve(config: NodeConfig, plugins: Plugins | None = None) -> None:
         backlog=2048,
         ssl_context=tls.context if tls else None,
     )
-    await site.start()
-    scheme = "https" if tls else "http"
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+async def serve(config: NodeConfig, plugins: Plugins | None = None) -> None:
+    """Run the node until SIGINT/SIGTERM, then drain and return."""
+    if config.server.keep_freed_memory:
+        tune_malloc()
+    app = create_app(config, plugins)
+    runner = await start_http(app)
+    scheme = "https" if app[TLS] else "http"
     log.info("dlinfer serving HTTP on %s://%s:%d", scheme, config.server.host, config.server.http_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
