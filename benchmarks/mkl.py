@@ -185,13 +185,17 @@ def main() -> None:
         rows = []
         try:
             client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=300)
-            refused = _wait_loaded(client, [f"{n}__{v}" for n in names for v, _ in plans[n]], server, log)
-            for model, reason in refused.items():
-                name, variant = model.split("__")
-                if variant in ("eager", "best"):
-                    raise SystemExit(f"{model} did not load: {reason}")
-                print(f"{model} not served (the gate refused it or it failed to load): {reason}", flush=True)
-                plans[name] = [(v, p) for v, p in plans[name] if v != variant]
+            failed = _wait_loaded(client, [f"{n}__{v}" for n in names for v, _ in plans[n]], server, log)
+            for name in names:
+                for variant, _ in list(plans[name]):
+                    model = f"{name}__{variant}"
+                    reason = failed.get(model) or _refused(client, model)
+                    if not reason:
+                        continue
+                    if variant in ("eager", "best"):
+                        raise SystemExit(f"{model} is not served as planned: {reason}")
+                    print(f"\n{model} left out, not served as planned: {reason}", flush=True)
+                    plans[name] = [(v, p) for v, p in plans[name] if v != variant]
             rng = np.random.default_rng(0)
             for name in names:
                 meta = client.get_model_metadata(f"{name}__eager")
@@ -226,6 +230,12 @@ def main() -> None:
 
 def meta_type(meta: dict[str, Any], name: str) -> str:
     return next(t["datatype"] for t in meta["inputs"] if t["name"] == name)
+
+
+def _refused(client: Any, model: str) -> str:
+    """Why a step of the model's pipeline was not applied (the gate refused it), or ''."""
+    steps = client.get_model_config(model)["optimized"]
+    return "; ".join(f"{s['optimizer']}: {s['reason']}" for s in steps if not s["applied"])
 
 
 def _wait_loaded(client: Any, wanted: list[str], server: subprocess.Popen, log: Any) -> dict[str, str]:

@@ -58,6 +58,7 @@ def test_health_and_metadata(node: RunningNode) -> None:
     cfg = requests.get(f"{node.url}/v2/models/linear/config").json()
     assert cfg["max_batch_size"] == 64 and cfg["version_policy"] == {"all": {}}
     assert cfg["dlinfer"]["version_policy"]["all"] is True  # dlinfer's own form beside the extension's
+    assert cfg["optimized"] == []  # no optimize pipeline
 
 
 def test_infer_matches_onnxruntime(node: RunningNode) -> None:

@@ -120,6 +120,10 @@ class PipelineResult:
     def applied(self) -> list[str]:
         return [s.name for s in self.steps if s.accepted]
 
+    def report(self) -> list[dict[str, Any]]:
+        """The steps as JSON: which optimizers were applied, and why the others were refused."""
+        return [{"optimizer": s.name, "applied": s.accepted, "reason": s.reason} for s in self.steps]
+
 
 # ------------------------------------------------------------------ samples
 
@@ -348,16 +352,17 @@ def _step(
     return StepReport(opt.name, True, "", comparison), candidate
 
 
-def optimize_runner(runner: Runner, config: ModelConfig, path: Path, plugins: Plugins) -> Runner:
-    """The repository's entry: the optimized runner, or ``runner`` when ``optimize`` is empty.
+def optimize_runner(runner: Runner, config: ModelConfig, path: Path, plugins: Plugins) -> PipelineResult:
+    """The repository's entry: the optimized runner with what each step did (no steps when
+    ``optimize`` is empty).
 
     On an error that stops the load (e.g. an optimizer that is not installed)
     ``runner`` is closed before the error propagates.
     """
     if not config.optimize:
-        return runner
+        return PipelineResult(runner, [])
     try:
-        return run_pipeline(runner, config, path, plugins).runner
+        return run_pipeline(runner, config, path, plugins)
     except BaseException:
         runner.close()
         raise

@@ -133,6 +133,8 @@ class ServedModel:
         self._describe_processed_tensors()
         self.scheduler = self._make_scheduler(config.max_queue_size or limits.max_queue_size)
         self.stats = ModelStats()
+        #: What the ``optimize`` pipeline did, step by step (see ``PipelineResult.report``).
+        self.optimized: list[dict[str, Any]] = []
         self.scheduler.observers.append(self.stats)
         self.inflight = 0
         self._idle = asyncio.Event()
@@ -587,12 +589,15 @@ class ModelRepository:
         path = safe_child(self.root, mdir, str(version))
         check_tree(self.root, path)
         runner = self.plugins.hook.dlinfer_load_model(config=cfg, path=path, node_config=self.config)
-        runner = optimize_runner(runner, cfg, path, self.plugins)
+        optimized = optimize_runner(runner, cfg, path, self.plugins)
+        runner = optimized.runner
         try:
-            return ServedModel(name, version, cfg, runner, self.plugins, platform=getattr(runner, "platform", ""))
+            model = ServedModel(name, version, cfg, runner, self.plugins, platform=getattr(runner, "platform", ""))
         except BaseException:
             runner.close()
             raise
+        model.optimized = optimized.report()
+        return model
 
     async def unload(self, name: str) -> None:
         """Stop serving a model; in-flight requests finish first, then memory is freed."""

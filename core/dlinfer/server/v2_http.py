@@ -89,11 +89,12 @@ async def model_ready(request: web.Request) -> web.Response:
 @routes.get("/v2/models/{model}/config")
 @routes.get("/v2/models/{model}/versions/{version}/config")
 async def model_config(request: web.Request) -> web.Response:
-    """The extension's configuration (Triton's JSON shape), and dlinfer's own under ``dlinfer``."""
+    """The extension's configuration (Triton's JSON shape), dlinfer's own under ``dlinfer``, and
+    under ``optimized`` what each ``optimize`` step did (a step the gate refused is not served)."""
     model = _model(request)
     native = attrs.asdict(model.config)
     native["max_batch_size"] = model.max_batch_size
-    return json_response({**extension_config(model), "dlinfer": native})
+    return json_response({**extension_config(model), "dlinfer": native, "optimized": model.optimized})
 
 
 async def read_body(request: web.Request) -> bytes:

@@ -102,7 +102,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "description": "The model configuration extension's fields (Triton's JSON shape) and, under "
         "`dlinfer`, the model's effective config.toml.",
-        "required": ["name", "platform", "max_batch_size", "input", "output", "dlinfer"],
+        "required": ["name", "platform", "max_batch_size", "input", "output", "dlinfer", "optimized"],
         "properties": {
             "name": {"type": "string"},
             "platform": {"type": "string"},
@@ -114,6 +114,19 @@ SCHEMAS: dict[str, Any] = {
             "instance_group": {"type": "array", "items": {"type": "object"}},
             "dynamic_batching": {"type": "object"},
             "dlinfer": {"type": "object", "description": "the effective config.toml as JSON"},
+            "optimized": {
+                "type": "array",
+                "description": "each `optimize` step: applied, or refused with the reason",
+                "items": {
+                    "type": "object",
+                    "required": ["optimizer", "applied", "reason"],
+                    "properties": {
+                        "optimizer": {"type": "string"},
+                        "applied": {"type": "boolean"},
+                        "reason": {"type": "string"},
+                    },
+                },
+            },
         },
     },
     "StatisticDuration": {

@@ -71,6 +71,10 @@ def test_gate_rejects_perturbed_weights_and_serves_the_original(
     rejected = [r.getMessage() for r in caplog.records if "perturb-weights rejected" in r.getMessage()]
     assert rejected and "numerics out of tolerance" in rejected[0] and "max abs error" in rejected[0]
     assert any("optimizer openvino applied" in r.getMessage() for r in caplog.records)
+    # Operators see the same without the log: each step, applied or refused with the reason.
+    steps = node.client.request("GET", "/v2/models/conv/config")["optimized"]
+    assert [(s["optimizer"], s["applied"]) for s in steps] == [("openvino", True), ("perturb-weights", False)]
+    assert steps[0]["reason"] == "" and "numerics out of tolerance" in steps[1]["reason"]
 
 
 def test_a_looser_tolerance_lets_the_same_step_through(dlinfer_server, dlinfer_repository: Path, conv_onnx) -> None:
