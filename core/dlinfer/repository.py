@@ -113,6 +113,7 @@ class ServedModel:
         runner: Runner,
         plugins: Plugins,
         platform: str = "",
+        optimized: list[dict[str, Any]] | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -134,7 +135,7 @@ class ServedModel:
         self.scheduler = self._make_scheduler(config.max_queue_size or limits.max_queue_size)
         self.stats = ModelStats()
         #: What the ``optimize`` pipeline did, step by step (see ``PipelineResult.report``).
-        self.optimized: list[dict[str, Any]] = []
+        self.optimized = optimized or []
         self.scheduler.observers.append(self.stats)
         self.inflight = 0
         self._idle = asyncio.Event()
@@ -589,15 +590,14 @@ class ModelRepository:
         path = safe_child(self.root, mdir, str(version))
         check_tree(self.root, path)
         runner = self.plugins.hook.dlinfer_load_model(config=cfg, path=path, node_config=self.config)
-        optimized = optimize_runner(runner, cfg, path, self.plugins)
-        runner = optimized.runner
+        result = optimize_runner(runner, cfg, path, self.plugins)
+        runner = result.runner
+        platform = getattr(runner, "platform", "")
         try:
-            model = ServedModel(name, version, cfg, runner, self.plugins, platform=getattr(runner, "platform", ""))
+            return ServedModel(name, version, cfg, runner, self.plugins, platform, optimized=result.report())
         except BaseException:
             runner.close()
             raise
-        model.optimized = optimized.report()
-        return model
 
     async def unload(self, name: str) -> None:
         """Stop serving a model; in-flight requests finish first, then memory is freed."""
