@@ -183,6 +183,8 @@ def test_console_on_a_gateway_shows_nodes_and_traffic_share(
             return dict(zip(header, rows[0], strict=True)) if rows else {}
 
         _wait(browser, lambda d: node_row(d).get("share") == "100.0 %")
+        # The gateway's own /metrics give the model's latency and failures (per model, all versions).
+        _wait(browser, lambda d: _row(d, "linear")[5].endswith(" ms") and _row(d, "linear")[6] == "0")
         assert node_row(browser)["healthy"] == "healthy" and node_row(browser)["models"] == "linear"
         screenshot = tmp_path / "gateway-console.png"
         assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000

@@ -76,15 +76,25 @@ function parsePrometheus(text) {
   return samples;
 }
 
-// Cumulative request counts and durations per "model/version".
+// Cumulative request counts and durations per "model/version"; a gateway counts per model
+// over all versions ("model/*"), and times the attempts it sends to its nodes.
 function totals(samples) {
   const out = {};
-  const get = (s) => (out[`${s.labels.model}/${s.labels.version}`] ??= { ok: 0, failed: 0, us: 0 });
+  const get = (s, version) => (out[`${s.labels.model}/${version}`] ??= { ok: 0, failed: 0, us: 0, timed: 0 });
   for (const s of samples) {
-    if (s.name === "dlinfer_inference_request_success_total") get(s).ok += s.value;
-    else if (s.name === "dlinfer_inference_request_failure_total") get(s).failed += s.value;
-    else if (s.name === "dlinfer_inference_request_duration_us_total") get(s).us += s.value;
+    const v = s.labels.version;
+    if (s.name === "dlinfer_inference_request_success_total") get(s, v).ok += s.value;
+    else if (s.name === "dlinfer_inference_request_failure_total") get(s, v).failed += s.value;
+    else if (s.name === "dlinfer_inference_request_duration_us_total") {
+      get(s, v).us += s.value;
+      get(s, v).perRequest = true; // a node times every request it answers
+    } else if (s.name === "dlinfer_gateway_requests_total" && s.labels.model) {
+      if (s.labels.code.startsWith("2")) get(s, "*").ok += s.value;
+      else get(s, "*").failed += s.value;
+    } else if (s.name === "dlinfer_gateway_upstream_duration_seconds_sum") get(s, "*").us += s.value * 1e6;
+    else if (s.name === "dlinfer_gateway_upstream_duration_seconds_count") get(s, "*").timed += s.value;
   }
+  for (const c of Object.values(out)) if (c.perRequest) c.timed = c.ok + c.failed;
   return out;
 }
 
@@ -100,11 +110,11 @@ async function sampleMetrics() {
   for (const [key, c] of Object.entries(current)) {
     const p = prev && prev.totals[key];
     const n = c.ok + c.failed;
-    const entry = { failed: c.failed, rate: null, latencyMs: n ? c.us / n / 1000 : null };
+    const entry = { failed: c.failed, rate: null, latencyMs: c.timed ? c.us / c.timed / 1000 : null };
     if (p) {
-      const dn = n - (p.ok + p.failed);
-      entry.rate = dn / ((now - prev.t) / 1000);
-      if (dn > 0) entry.latencyMs = (c.us - p.us) / dn / 1000;
+      entry.rate = (n - (p.ok + p.failed)) / ((now - prev.t) / 1000);
+      const dt = c.timed - p.timed;
+      if (dt > 0) entry.latencyMs = (c.us - p.us) / dt / 1000;
     }
     live[key] = entry;
   }
@@ -131,7 +141,7 @@ async function showModels() {
   const fmt = (v, digits, unit) => (v === null || v === undefined ? "–" : v.toFixed(digits) + unit);
   document.querySelector("#models tbody").replaceChildren(
     ...state.rows.map((m) => {
-      const stats = live[`${m.name}/${m.version}`] || {};
+      const stats = live[`${m.name}/${m.version}`] || live[`${m.name}/*`] || {};
       const cells = [
         el("td", {}, m.name),
         el("td", {}, m.version ?? "–"),
