@@ -86,8 +86,9 @@ def autotune(repo: Path, name: str, seconds: float, env: dict[str, str]) -> tupl
     return list(pipeline), done.stdout
 
 
-def add_variant(repo: Path, name: str, variant: str, pipeline: list[str]) -> str:
-    """A copy of model ``name`` with another ``optimize`` list (the files are hard links)."""
+def add_variant(repo: Path, name: str, variant: str, pipeline: list[str], **keys: Any) -> str:
+    """A copy of model ``name`` with another ``optimize`` list and other config ``keys``
+    (the files are hard links)."""
     import tomllib
 
     import tomli_w
@@ -95,7 +96,7 @@ def add_variant(repo: Path, name: str, variant: str, pipeline: list[str]) -> str
     target = f"{name}__{variant}"
     shutil.copytree(repo / name / "1", repo / target / "1", copy_function=os.link)
     config = tomllib.loads((repo / name / "config.toml").read_text())
-    config["optimize"] = pipeline
+    config.update(keys, optimize=pipeline)
     (repo / target / "config.toml").write_text(tomli_w.dumps(config))
     return target
 

@@ -153,8 +153,15 @@ class ModelConfig:
     )
     optimize_samples: str = setting(
         "",
-        "Folder (inside the model's folder) of `*.npz` sample inputs for the gate and for calibration; "
+        "Folder (inside the model's folder) of `*.npz` sample inputs for the gate, calibration and `warmup`; "
         "empty: random inputs generated from the input specs.",
+    )
+    warmup: int = setting(
+        0,
+        "Calls on sample inputs (`optimize_samples`, else one generated batch) before a version takes "
+        "traffic, so its first requests do not pay the framework's lazy initialisation; `0`: none. A failing "
+        "call fails the load.",
+        validator=in_range(0, 100),
     )
     preprocess: tuple[str, ...] = setting((), "Processors (`dlinfer_processors`) run on the request's tensors.")
     postprocess: tuple[str, ...] = setting((), "Processors run on the model's outputs.")

@@ -433,7 +433,8 @@ def batch_of(sample: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
     return {k: np.resize(v, (size, *v.shape[1:])) for k, v in sample.items()}
 
 
-def _batches(runner: Runner) -> bool:
+def batches(runner: Runner) -> bool:
+    """Every input of ``runner`` has a dynamic first (batch) dimension."""
     return bool(runner.inputs) and all(t.shape and t.shape[0] == -1 for t in runner.inputs)
 
 
@@ -456,7 +457,7 @@ def autotune(
     try:
         samples = model_samples(first, config, path.parent)
         reference = [first.predict(s) for s in samples]
-        batching = _batches(first)
+        batching = batches(first)
     finally:
         first.close()
     if batching:

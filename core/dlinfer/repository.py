@@ -44,6 +44,7 @@ from .optimize import optimize_runner
 from .scheduler import DirectScheduler, DynamicBatcher, Scheduler
 from .settings import read_toml
 from .stats import ModelStats
+from .warmup import warm_up
 
 if TYPE_CHECKING:
     from .config import NodeConfig
@@ -594,6 +595,7 @@ class ModelRepository:
         runner = result.runner
         platform = getattr(runner, "platform", "")
         try:
+            warm_up(runner, cfg, mdir, f"model {name} version {version}")
             return ServedModel(name, version, cfg, runner, self.plugins, platform, optimized=result.report())
         except BaseException:
             runner.close()
