@@ -46,6 +46,7 @@ from .settings import (
     node_file_path,
     policy_for,
 )
+from .stats import merge
 
 log = logging.getLogger("dlinfer.lb")
 
@@ -194,6 +195,43 @@ class Gateway:
             out = [r for r in out if r.get("state") == "READY"]
         return sorted(out, key=lambda r: (r.get("name", ""), int(r.get("version") or 0)))
 
+    async def statistics(self, model: str, version: str | None) -> dict[str, Any]:
+        """The statistics extension summed over the admitted nodes that have ``model`` (every
+        model when empty), with the nodes that answered and the ones that did not."""
+        now = time.monotonic()
+        nodes = [
+            n
+            for n in self.membership.nodes.values()
+            if n.admitted(now) and n.session is not None and (not model or n.serves(model, version))
+        ]
+        if model and not nodes:
+            raise self.proxy.no_candidate(model, version)
+        path = "/v2/models/stats"
+        if model:
+            path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/stats"
+        timeout = aiohttp.ClientTimeout(total=self.settings.health.timeout_s)
+
+        async def one(node: Node) -> tuple[Node, list[dict[str, Any]] | None, str]:
+            assert node.session is not None
+            try:
+                async with node.session.get(path, timeout=timeout) as r:
+                    body = await r.read()
+                    if r.status != 200:
+                        return node, None, f"answered {r.status}: {body[:200].decode('utf-8', 'replace')}"
+                    return node, orjson.loads(body)["model_stats"], ""
+            except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+                return node, None, f"{type(exc).__name__}: {exc}"
+
+        results = await asyncio.gather(*(one(n) for n in nodes))
+        failed = {node.url: reason for node, stats, reason in results if stats is None}
+        for url, reason in failed.items():
+            log.warning("statistics from node %s left out: %s", url, reason)
+        return {
+            "model_stats": merge(stats for _, stats, _ in results if stats is not None),
+            "nodes": sorted(node.url for node, stats, _ in results if stats is not None),
+            "nodes_failed": failed,
+        }
+
     async def control(self, request: web.Request, action: str, model: str) -> web.Response:
         """Load or unload a model on every healthy node; the first failure is returned with its node."""
         headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "content-type")}
@@ -276,6 +314,15 @@ async def _forward(request: web.Request, body: bytes | None = None) -> web.Strea
     finally:
         # Only models that have a route get their own series: client-chosen names must not grow /metrics.
         gw.metrics.requests.labels(model if gw.has_route(model) else "", code).inc()
+
+
+# Before /v2/models/{model}, which would take "stats" for a model name.
+@routes.get("/v2/models/stats")
+@routes.get("/v2/models/{model}/stats")
+@routes.get("/v2/models/{model}/versions/{version}/stats")
+async def model_statistics(request: web.Request) -> web.Response:
+    model, version = _model_args(request) if "model" in request.match_info else ("", None)
+    return json_response(await request.app[GATEWAY].statistics(model, version))
 
 
 @routes.get("/v2/models/{model}")

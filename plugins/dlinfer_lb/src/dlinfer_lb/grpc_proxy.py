@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from multidict import CIMultiDict
 
@@ -121,6 +122,7 @@ class GrpcGateway:
             "RepositoryIndex": (pb.RepositoryIndexRequest, self.repository_index),
             "RepositoryModelLoad": (pb.RepositoryModelLoadRequest, self.model_load),
             "RepositoryModelUnload": (pb.RepositoryModelUnloadRequest, self.model_unload),
+            "ModelStatistics": (pb.ModelStatisticsRequest, self.model_statistics),
         }
         handlers = {
             name: grpc.unary_unary_rpc_method_handler(_parsed(message, fn), response_serializer=_serialize)
@@ -149,6 +151,13 @@ class GrpcGateway:
         msg = pb.RepositoryIndexResponse()
         for row in self.gw.index(ready_only=request.ready):
             msg.models.add(name=row["name"], version=row.get("version", ""), state=row["state"], reason=row["reason"])
+        return msg
+
+    async def model_statistics(self, request: Any, context: Any) -> Any:
+        model, version = _model_args(request.name, request.version) if request.name else ("", None)
+        msg = pb.ModelStatisticsResponse()
+        for doc in (await self.gw.statistics(model, version))["model_stats"]:
+            json_format.ParseDict(doc, msg.model_stats.add())
         return msg
 
     async def model_load(self, request: Any, context: Any) -> Any:

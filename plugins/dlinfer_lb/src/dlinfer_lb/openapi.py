@@ -57,6 +57,23 @@ SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "GatewayModelStatistics": {
+        "description": "The statistics extension summed over the admitted nodes that have the model",
+        "allOf": [
+            ref("ModelStatisticsList"),
+            {
+                "type": "object",
+                "properties": {
+                    "nodes": {"type": "array", "items": {"type": "string"}, "description": "nodes summed"},
+                    "nodes_failed": {
+                        "type": "object",
+                        "additionalProperties": {"type": "string"},
+                        "description": "nodes left out, with the reason",
+                    },
+                },
+            },
+        ],
+    },
     "NodeRegistration": {
         "type": "object",
         "required": ["url"],
@@ -73,11 +90,14 @@ SCHEMAS: dict[str, Any] = {
 def describe(spec: dict[str, Any], app: web.Application) -> None:
     """Add the gateway's V2 endpoints, ``/v2/-/nodes`` and (when the gateway serves its own) ``/metrics``."""
     describe_v2(spec, app)
+    stats = json_response("statistics summed over the nodes", ref("GatewayModelStatistics"))
     for path, item in spec["paths"].items():
         if path.startswith("/v2/models/") or path.startswith("/v2/repository/models/"):
             for op in item.values():
                 for status, response in FORWARDED_ERRORS.items():
                     op["responses"].setdefault(status, response)
+                if path.endswith("/stats"):
+                    op["responses"]["200"] = stats
     spec["components"]["schemas"].update(SCHEMAS)
     spec["paths"]["/v2/-/nodes"] = {
         "get": {
