@@ -53,7 +53,7 @@ def test_warmup_calls_the_model_before_it_is_ready(tmp_path: Path, caplog: pytes
     with caplog.at_level(logging.INFO, logger="dlinfer.warmup"):
         states = _states(tmp_path)
     assert states["warm"][0] == states["cold"][0] == "READY"
-    lines = [r.getMessage() for r in caplog.records]
+    lines = [r.getMessage() for r in caplog.records if r.name == "dlinfer.warmup"]
     # Generated samples: one row and a batch of two (the model batches), three times each.
     assert any(line.startswith("model warm version 1 warmed up: 6 calls") for line in lines), lines
     assert not any("model cold" in line for line in lines)  # off unless asked
@@ -67,7 +67,7 @@ def test_warmup_runs_the_sample_files(tmp_path: Path, caplog: pytest.LogCaptureF
         np.savez(mdir / "s" / f"{i}.npz", x=np.ones((rows, 4), np.float32))
     with caplog.at_level(logging.INFO, logger="dlinfer.warmup"):
         assert _states(tmp_path)["m"][0] == "READY"
-    assert any("warmed up: 6 calls" in r.getMessage() for r in caplog.records)
+    assert any("warmed up: 6 calls" in r.getMessage() for r in caplog.records if r.name == "dlinfer.warmup")
 
 
 def test_a_failing_warmup_fails_the_load_with_the_reason(tmp_path: Path) -> None:
