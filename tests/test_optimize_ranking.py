@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dlinfer.optimize import Variant, best_variant
+from dlinfer.model import model_config_from_dict
+from dlinfer.optimize import Variant, best_variant, default_batch_sizes
 
 BASELINE = Variant((), True, latency_ms=70.0, throughput=12.0)
 # Faster at batch 8 by a little, at batch 1 by less (ONNX Runtime on ResNet-50, say).
@@ -36,3 +37,17 @@ def test_rejected_variants_are_never_picked() -> None:
 def test_unknown_preference_is_refused() -> None:
     with pytest.raises(ValueError, match="prefer must be one of balanced, latency, throughput"):
         best_variant(VARIANTS, "cheapest")
+
+
+@pytest.mark.parametrize(
+    ("config", "sizes"),
+    [
+        ({}, [1, 8]),
+        ({"max_batch_size": 4}, [1, 4]),
+        ({"max_batch_size": 1}, [1]),
+        ({"dynamic_batching": {"preferred_batch_size": [4, 16]}}, [1, 16]),
+        ({"dynamic_batching": {"preferred_batch_size": [4, 16]}, "max_batch_size": 12}, [1, 12]),
+    ],
+)
+def test_autotune_times_the_batch_sizes_the_model_will_see(config: dict, sizes: list[int]) -> None:
+    assert default_batch_sizes(model_config_from_dict(config, "m/config.toml")) == sizes

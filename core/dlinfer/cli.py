@@ -99,7 +99,12 @@ def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
         help="a pipeline to try, optimizer names joined by commas (repeatable; default: every installed one)",
     )
     opt.add_argument("--reduced-precision", action="store_true", help="also try bf16/int8 (numerics change)")
-    opt.add_argument("--batch-sizes", default="1,8", help="latency at the first, throughput at the last (default 1,8)")
+    opt.add_argument(
+        "--batch-sizes",
+        default="",
+        help="latency at the first, throughput at the last (default: 1 and the model's largest preferred "
+        "dynamic batch, else 8, at most its max_batch_size)",
+    )
     opt.add_argument("--min-seconds", type=float, default=1.0, help="time each variant at least this long per batch")
     opt.add_argument(
         "--prefer",
@@ -200,7 +205,14 @@ def cmd_convert(plugins: Plugins, ns: argparse.Namespace) -> int:
 def cmd_optimize(config: NodeConfig, plugins: Plugins, ns: argparse.Namespace) -> int:
     import attrs
 
-    from .optimize import OptimizeContext, autotune, best_variant, candidate_pipelines, record_pipeline
+    from .optimize import (
+        OptimizeContext,
+        autotune,
+        best_variant,
+        candidate_pipelines,
+        default_batch_sizes,
+        record_pipeline,
+    )
     from .repository import ModelRepository, safe_child
 
     repo = ModelRepository(config, plugins)
@@ -212,7 +224,7 @@ def cmd_optimize(config: NodeConfig, plugins: Plugins, ns: argparse.Namespace) -
     path = safe_child(repo.root, repo.model_dir(ns.model), str(version))
     plain = attrs.evolve(cfg, optimize=())
     try:
-        sizes = sorted({int(b) for b in ns.batch_sizes.split(",")})
+        sizes = sorted({int(b) for b in ns.batch_sizes.split(",")}) if ns.batch_sizes else default_batch_sizes(cfg)
     except ValueError:
         raise ConfigError(f"--batch-sizes {ns.batch_sizes!r}: expected integers joined by commas") from None
 

@@ -438,6 +438,16 @@ def batches(runner: Runner) -> bool:
     return bool(runner.inputs) and all(t.shape and t.shape[0] == -1 for t in runner.inputs)
 
 
+def default_batch_sizes(config: ModelConfig) -> list[int]:
+    """The batch sizes the model will see: 1 for latency, and for throughput its largest
+    preferred dynamic batch, else 8; never above its ``max_batch_size``."""
+    batching = config.dynamic_batching
+    largest = max(batching.preferred_batch_size) if batching and batching.preferred_batch_size else 8
+    if config.max_batch_size:
+        largest = min(largest, config.max_batch_size)
+    return sorted({1, largest})
+
+
 def autotune(
     load: Callable[[], Runner],
     config: ModelConfig,

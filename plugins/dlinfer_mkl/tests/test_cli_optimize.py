@@ -61,13 +61,14 @@ def test_optimize_reports_rejected_variants_and_can_leave_config_alone(tmp_path:
         1,
         {"model.onnx": conv_onnx},
         # An int8 gate no int8 model can meet: the variant must show as rejected, with the reason.
-        {"optimize_options": {"int8": {"atol": 1e-9, "rtol": 1e-9}}},
+        {"optimize_options": {"int8": {"atol": 1e-9, "rtol": 1e-9}}, "max_batch_size": 4},
     )
     before = (repo / "conv" / "config.toml").read_text()
     done = run(
         "optimize", "conv", "--model-repository", str(repo), "--candidate", "int8", "--min-seconds", "0.05", "--dry-run"
     )
     assert done.returncode == 0, done.stderr
+    assert "rows/s b4" in done.stdout.splitlines()[0]  # the model's batch limit, not the default 8
     int8 = next(line for line in done.stdout.splitlines() if line.startswith("int8"))
     assert "REJECTED" in int8 and "out of tolerance" in int8
     assert "fastest validated variant: baseline" in done.stdout
