@@ -54,6 +54,11 @@ class ServerConfig:
         validator=one_of("auto", "uvloop", "asyncio"),
     )
     tls: TlsConfig = setting(TlsConfig(), "TLS for the HTTP and gRPC ports (off unless `cert_file` is set).")
+    access_log: bool = setting(
+        False,
+        "One log record per HTTP request on the `dlinfer.access` logger: client, method, path, status, bytes sent, "
+        "milliseconds (fields under `http` with `logging.format = \"json\"`).",
+    )
     keep_freed_memory: bool = setting(
         True,
         "On glibc, keep freed request buffers for reuse (mmap threshold 64 MiB, trim threshold 256 MiB) "

@@ -17,6 +17,8 @@ from ..config import NodeConfig
 from ..errors import DlinferError, PayloadTooLarge
 from ..plugins import Plugins
 from ..repository import ModelRepository
+from .access_log import LOGGER as ACCESS_LOGGER
+from .access_log import AccessLog
 from .grpc_server import start_grpc, stop_grpc
 from .memory import tune_malloc
 from .tls import TlsFiles, tls_files
@@ -134,7 +136,8 @@ async def start_http(app: web.Application) -> web.AppRunner:
     # handler_cancellation: a client that disconnects cancels its handler, which drops its queued work.
     runner = web.AppRunner(
         app,
-        access_log=None,
+        access_log=ACCESS_LOGGER if config.server.access_log else None,
+        access_log_class=AccessLog,
         handle_signals=False,
         handler_cancellation=True,
         shutdown_timeout=_RESPONSE_GRACE_S,
