@@ -1,7 +1,7 @@
 """Warm-up: calls on sample inputs before a model version takes traffic.
 
 Frameworks initialise lazily: TensorFlow optimises a traced graph on its first call
-(a Keras ResNet-50 answered its first request in 320 ms, the next in 30), OpenVINO and
+(a Keras ResNet-50 answered its first request in ~300 ms, the next ones in ~35), OpenVINO and
 ONNX Runtime size their buffers, oneDNN creates its primitives. Without a warm-up the
 first clients of every newly loaded or hot-reloaded version pay for it.
 """
