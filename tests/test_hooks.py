@@ -174,3 +174,61 @@ def test_unavailable_plugin_is_listed_with_its_reason() -> None:
     status = {p.name: (p.status, p.error) for p in plugins.load(entry_points=False).list()}
     assert status["needs_gpu"] == ("unavailable", "no CUDA GPU is visible")
     assert status["fine"] == ("loaded", "")
+
+
+REGISTERING_PLUGIN = '''
+import numpy as np
+from dlinfer import ModelLoadError, Runner, TensorSpec, hookimpl
+
+REGISTERED = []  # what a process-wide registry (TensorRT's plugin registry, say) would hold
+
+
+class Echo(Runner):
+    inputs = [TensorSpec("x", "FP32", (-1, 2))]
+    outputs = [TensorSpec("x", "FP32", (-1, 2))]
+
+    def predict(self, inputs):
+        return {"x": inputs["x"]}
+
+
+@hookimpl
+def dlinfer_plugins_loaded(plugins):
+    REGISTERED.append(len(plugins.list()))
+
+
+@hookimpl
+def dlinfer_load_model(config, path, node_config):
+    if not (path / "needs-registry").exists():
+        return None
+    if not REGISTERED:
+        raise ModelLoadError("the registry was not set up before the model loaded")
+    return Echo()
+'''
+
+
+def test_plugins_loaded_runs_before_models_load_in_cli_commands(tmp_path: Path) -> None:
+    pdir = tmp_path / "local_plugins"
+    pdir.mkdir()
+    (pdir / "registering.py").write_text(REGISTERING_PLUGIN)
+    write_model(tmp_path / "models", "echo", 1, {"needs-registry": b""})
+    node_toml = tmp_path / "node.toml"
+    node_toml.write_text("[plugins]\nplugins_dir = 'local_plugins'\n[repository]\npath = 'models'\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "dlinfer.cli", "models", "--config", str(node_toml), "--json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert '"state": "READY"' in done.stdout
+
+
+def test_plugins_loaded_reaches_plugins_registered_late() -> None:
+    seen: list[Plugins] = []
+
+    class Late:
+        @hookimpl
+        def dlinfer_plugins_loaded(self, plugins: Plugins) -> None:
+            seen.append(plugins)
+
+    plugins = Plugins(node_config_from_dict({})).load(entry_points=False)
+    plugins.register(Late(), "late", "dlinfer-late")  # historic: called on registration
+    assert seen == [plugins]

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from .config import NodeConfig
     from .model import Loader, ModelConfig, Runner
+    from .plugins import Plugins
     from .repository import ModelRepository, ServedModel
 
 hookspec = pluggy.HookspecMarker("dlinfer")
@@ -73,6 +74,17 @@ def dlinfer_configure(config: NodeConfig) -> None:
     Historic: a plugin registered late still receives the call. Raise
     :class:`dlinfer.ConfigError` naming the file and key for a bad
     ``[plugins.<name>]`` table; the node then exits with code 2.
+    """
+
+
+@hookspec(historic=True)
+def dlinfer_plugins_loaded(plugins: Plugins) -> None:
+    """Called once every plugin is registered and configured: when a node starts and in
+    every ``dlinfer-core`` command (``models``, ``optimize``, ...), before any model loads.
+
+    Historic: a plugin registered later still receives the call. Use it for process-wide
+    set-up that needs other plugins' hooks (dlinfer-trt registers the operator plugins
+    of ``dlinfer_trt_plugins`` here, so engines that use them deserialize everywhere).
     """
 
 

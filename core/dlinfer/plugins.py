@@ -126,6 +126,7 @@ class Plugins:
         if self.config.plugins_dir:
             self._load_dir(self.config.plugins_dir, disabled)
         self.pm.hook.dlinfer_configure.call_historic(kwargs={"config": self.config})
+        self.pm.hook.dlinfer_plugins_loaded.call_historic(kwargs={"plugins": self})
         return self
 
     def _load_entry_points(self, disabled: set[str]) -> None:

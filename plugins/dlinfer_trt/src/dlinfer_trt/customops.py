@@ -89,7 +89,8 @@ def register_plugins(entries: Iterable[Any]) -> list[str]:
 def register_installed(plugins: Plugins) -> list[str]:
     """Register what the node's ``dlinfer_trt_plugins`` hooks provide, when TensorRT can run here.
 
-    Called at node start. A failure is logged, not raised: only the models whose graphs
+    Called when dlinfer's plugins load (node start, every ``dlinfer-core`` command). A
+    failure is logged, not raised: only the models whose graphs
     or engines use those operators fail, each with its own reason, when they load.
     """
     from .availability import status

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from dlinfer import hookimpl
 
 if TYPE_CHECKING:
-    from aiohttp import web
+    from dlinfer.plugins import Plugins
 
 
 @hookimpl
@@ -33,11 +33,10 @@ def dlinfer_unavailable() -> str | None:
 
 
 @hookimpl
-def dlinfer_startup(app: web.Application) -> None:
-    """Register the installed operator plugins before any model loads: an engine that uses
-    them (a served ``model.plan``, a cached engine) only deserializes once they are."""
-    from dlinfer.server.app import PLUGINS
-
+def dlinfer_plugins_loaded(plugins: Plugins) -> None:
+    """Register the installed operator plugins before any model loads, in the node and in
+    ``dlinfer-core models``/``optimize``: an engine that uses them (a served ``model.plan``,
+    a cached engine) only deserializes once they are."""
     from .customops import register_installed
 
-    register_installed(app[PLUGINS])
+    register_installed(plugins)
