@@ -35,6 +35,8 @@ import orjson
 import tomli_w
 from tqdm import tqdm
 
+from dlinfer.testing import free_port
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
@@ -43,14 +45,6 @@ from loadgen import cpu_seconds  # noqa: E402
 from servers import wait_http  # noqa: E402
 
 LOCAL_V2 = ["dlinfer.server.v2_http", "dlinfer.server.v2_grpc"]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Process:

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from dlinfer.testing import free_port
+
 HERE = Path(__file__).resolve().parent
 BATCHES = (1, 8)
 MODELS = ("resnet50_torch", "resnet50_keras", "mobilenetv2_torch", "widedeep_torch")
@@ -99,14 +101,6 @@ def add_variant(repo: Path, name: str, variant: str, pipeline: list[str], **keys
     config.update(keys, optimize=pipeline)
     (repo / target / "config.toml").write_text(tomli_w.dumps(config))
     return target
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_seconds(pid: int) -> float:

@@ -28,6 +28,8 @@ from typing import Any
 
 from servers import wait_http
 
+from dlinfer.testing import free_port
+
 MLSERVER_PACKAGES = ["mlserver==1.7.1", "uvloop==0.21.0", "onnxruntime", "numpy<2.6"]
 TORCHSERVE_PACKAGES = ["torchserve==0.12.0", "torch-model-archiver==0.12.0", "pyyaml", "numpy<2.6"]
 
@@ -82,14 +84,6 @@ class RawTensorHandler(BaseHandler):
     def postprocess(self, data):
         return [row.tolist() for row in data]
 '''
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ensure_venv(root: Path, name: str, packages: list[str], borrow: list[str] = ()) -> Path:

@@ -48,6 +48,8 @@ import orjson
 import tomli_w
 from tqdm import tqdm
 
+from dlinfer.testing import free_port
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
@@ -61,14 +63,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "batched_x2": {"instance_count": 2, "max_batch_size": 16, "dynamic_batching": {}},
 }
 OVERLOAD = {"instance_count": 1, "max_batch_size": 16, "dynamic_batching": {}, "max_queue_size": 16}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Started:

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from dlinfer.testing import free_port
+
 HERE = Path(__file__).resolve().parent
 BATCHES = (1, 8)
 
@@ -96,14 +98,6 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(tmp: Path, model: nn.Module, threads: int) -> tuple[subprocess.Popen, object]:
