@@ -156,6 +156,7 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
     sys.path.insert(0, str(HERE))
     import tritonclient.http as httpclient
+    from servers import wait_models
 
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "models"
@@ -175,12 +176,13 @@ def main() -> None:
         node.write_text(f'[repository]\npath = "models"\n[threads]\nintra_op = {args.threads}\n')
         port = free_port()
         cmd = [sys.executable, "-m", "dlinfer.cli", "--config", str(node), "--port", str(port)]
-        log = open(Path(tmp) / "server.log", "w+")
-        server = subprocess.Popen([*cmd, "--grpc-port", str(free_port())], env=env, stderr=log, stdout=log)
+        log = Path(tmp) / "server.log"
+        with open(log, "w") as out:
+            server = subprocess.Popen([*cmd, "--grpc-port", str(free_port())], env=env, stderr=out, stdout=out)
         rows = []
         try:
             client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=300)
-            failed = _wait_loaded(client, [f"{n}__{v}" for n in names for v, _ in plans[n]], server, log)
+            failed = wait_models(client, [f"{n}__{v}" for n in names for v, _ in plans[n]], server, log)
             for name in names:
                 for variant, _ in list(plans[name]):
                     model = f"{name}__{variant}"
@@ -231,23 +233,6 @@ def _refused(client: Any, model: str) -> str:
     """Why a step of the model's pipeline was not applied (the gate refused it), or ''."""
     steps = client.get_model_config(model)["optimized"]
     return "; ".join(f"{s['optimizer']}: {s['reason']}" for s in steps if not s["applied"])
-
-
-def _wait_loaded(client: Any, wanted: list[str], server: subprocess.Popen, log: Any) -> dict[str, str]:
-    """Wait until every model is READY or has failed; the failed ones with their reasons."""
-    deadline = time.monotonic() + 1200
-    while True:
-        try:
-            rows = {r["name"]: r for r in client.get_model_repository_index()}
-        except Exception:  # not listening yet
-            rows = {}
-        states = {m: rows.get(m, {}).get("state", "") for m in wanted}
-        if all(state in ("READY", "UNAVAILABLE") for state in states.values()):
-            return {m: rows[m].get("reason", "") for m, state in states.items() if state == "UNAVAILABLE"}
-        if time.monotonic() > deadline or server.poll() is not None:
-            log.seek(0)
-            raise SystemExit(f"server did not get ready:\n{log.read()[-4000:]}")
-        time.sleep(1)
 
 
 def _report(rows: list[tuple], args: argparse.Namespace) -> None:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dlinfer.testing import free_port
+
 HERE = Path(__file__).resolve().parent
 REQUESTS = 5
 
@@ -33,8 +35,8 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
     import tritonclient.http as httpclient
-    from mkl import add_variant, free_port, write_models
-    from servers import wait_http
+    from mkl import add_variant, write_models
+    from servers import wait_models
 
     names = [n for n in args.models.split(",") if n]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
@@ -57,10 +59,10 @@ def main() -> None:
             with open(log, "w") as out:
                 server = subprocess.Popen([*cmd, "--grpc-port", str(free_port())], env=env, stdout=out, stderr=out)
             try:
-                wait_http(f"http://127.0.0.1:{port}/v2/health/ready", server, log, timeout_s=600)
                 client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=300)
-                while not all(client.is_model_ready(m) for m in models):
-                    time.sleep(0.5)
+                failed = wait_models(client, models, server, log)
+                if failed:
+                    raise SystemExit(f"models did not load: {failed}")
                 for m in models:
                     meta = client.get_model_metadata(m)
                     spec = meta["inputs"][0]
