@@ -210,27 +210,33 @@ class Gateway:
         if model:
             path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/stats"
         timeout = aiohttp.ClientTimeout(total=self.settings.health.timeout_s)
-
-        async def one(node: Node) -> tuple[Node, list[dict[str, Any]] | None, str]:
-            assert node.session is not None
-            try:
-                async with node.session.get(path, timeout=timeout) as r:
-                    body = await r.read()
-                    if r.status != 200:
-                        return node, None, f"answered {r.status}: {body[:200].decode('utf-8', 'replace')}"
-                    return node, orjson.loads(body)["model_stats"], ""
-            except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
-                return node, None, f"{type(exc).__name__}: {exc}"
-
-        results = await asyncio.gather(*(one(n) for n in nodes))
-        failed = {node.url: reason for node, stats, reason in results if stats is None}
+        answered: dict[str, list[dict[str, Any]]] = {}
+        failed: dict[str, str] = {}
+        for node, status, body in await self._each(nodes, "GET", path, timeout=timeout):
+            if status != 200:
+                failed[node.url] = f"answered {status}: {_reason(body)}"
+            else:
+                try:
+                    answered[node.url] = orjson.loads(body)["model_stats"]
+                except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+                    failed[node.url] = f"{type(exc).__name__}: {exc}"
         for url, reason in failed.items():
             log.warning("statistics from node %s left out: %s", url, reason)
-        return {
-            "model_stats": merge(stats for _, stats, _ in results if stats is not None),
-            "nodes": sorted(node.url for node, stats, _ in results if stats is not None),
-            "nodes_failed": failed,
-        }
+        return {"model_stats": merge(answered.values()), "nodes": sorted(answered), "nodes_failed": failed}
+
+    async def _each(self, nodes: list[Node], method: str, path: str, **kwargs: Any) -> list[tuple[Node, int, bytes]]:
+        """Send one request to every node at once: each node's status and body, or 502 and the
+        error (as a JSON ``error``) when the node could not be reached."""
+
+        async def one(node: Node) -> tuple[Node, int, bytes]:
+            assert node.session is not None
+            try:
+                async with node.session.request(method, path, **kwargs) as r:
+                    return node, r.status, await r.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                return node, 502, orjson.dumps({"error": f"{type(exc).__name__}: {exc}"})
+
+        return await asyncio.gather(*(one(n) for n in nodes))
 
     async def control(self, request: web.Request, action: str, model: str) -> web.Response:
         """Load or unload a model on every healthy node; the first failure is returned with its node."""
@@ -244,26 +250,21 @@ class Gateway:
         if not nodes:
             raise Unavailable("no healthy node to send the model control request to")
 
-        async def one(node: Node) -> tuple[Node, int, bytes]:
-            assert node.session is not None
-            try:
-                async with node.session.post(
-                    f"/v2/repository/models/{model}/{action}", data=body, headers=headers
-                ) as r:
-                    return node, r.status, await r.read()
-            except aiohttp.ClientError as exc:
-                return node, 502, orjson.dumps({"error": f"{type(exc).__name__}: {exc}"})
-
-        results = await asyncio.gather(*(one(n) for n in nodes))
+        path = f"/v2/repository/models/{model}/{action}"
+        results = await self._each(nodes, "POST", path, data=body, headers=headers)
         await asyncio.gather(*(self.checker.check(n) for n in nodes))  # see the new state at once
         for node, status, content in results:
             if status != 200:
-                try:
-                    reason = orjson.loads(content).get("error", "")
-                except (orjson.JSONDecodeError, AttributeError):
-                    reason = content[:200].decode("utf-8", "replace")
-                return status, f"node {node.url}: {reason}"
+                return status, f"node {node.url}: {_reason(content)}"
         return 200, ""
+
+
+def _reason(body: bytes) -> str:
+    """A node's error answer: its JSON ``error``, else the start of the body."""
+    try:
+        return str(orjson.loads(body).get("error", ""))
+    except (orjson.JSONDecodeError, AttributeError):
+        return body[:200].decode("utf-8", "replace")
 
 
 def make_strategy(cls: type, policy: RoutePolicy) -> Any:
