@@ -3,9 +3,12 @@ keeps answering valid requests; plus property-based fuzzing of the decoders."""
 
 from __future__ import annotations
 
+import gzip
+import logging
 import socket
 import struct
 import time
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -117,7 +120,18 @@ HTTP_CASES: list[tuple[str, str, bytes, dict[str, str], int]] = [
     ("data-count-mismatch", LINEAR, infer_doc({**X, "data": [1, 2, 3]}), {}, 400),
     ("ragged-data", LINEAR, infer_doc({**X, "data": [[1, 2], [3]]}), {}, 400),
     ("strings-for-fp32", LINEAR, infer_doc({**X, "data": ["a", "b", "c", "d"]}), {}, 400),
-    ("nan-literal-in-data", LINEAR, infer_doc(X).replace(b"[1,2,3,4]", b"[NaN,2,3,4]"), {}, 400),
+    (
+        "nan-literal-in-int-data",
+        "/v2/models/add/infer",
+        infer_doc(
+            {"name": "a", "datatype": "INT32", "shape": [1, 2], "data": [1, 2]},
+            {"name": "b", "datatype": "INT32", "shape": [1, 2], "data": [3, 4]},
+        ).replace(b"[1,2]", b"[NaN,2]"),
+        {},
+        400,
+    ),
+    ("too-many-dims", LINEAR, infer_doc({**X, "shape": [1] * 65, "data": [1]}), {}, 400),
+    ("binary-too-many-dims", LINEAR, *binary({"inputs": [{**bin_x(4), "shape": [1] * 65}]}, F32[:4]), 400),
     ("deeply-nested-data", LINEAR, infer_doc(X).replace(b"[1,2,3,4]", b"[" * 500 + b"1" + b"]" * 500), {}, 400),
     ("duplicate-input", LINEAR, infer_doc(X, X), {}, 400),
     ("unknown-input", LINEAR, infer_doc({**X, "name": "y"}), {}, 400),
@@ -156,6 +170,14 @@ HTTP_CASES: list[tuple[str, str, bytes, dict[str, str], int]] = [
     ),
     ("oversized-body", LINEAR, infer_doc({**X, "data": [0.123456789] * (MAX_BODY // 8)}), {}, 413),
     ("unsupported-content-type", LINEAR, infer_doc(X), {"Content-Type": "image/png"}, 400),
+    ("plain-body-said-gzip", LINEAR, infer_doc(X), {"Content-Encoding": "gzip"}, 400),
+    ("plain-body-said-deflate", LINEAR, infer_doc(X), {"Content-Encoding": "deflate"}, 400),
+    ("gzip-body-said-deflate", LINEAR, gzip.compress(infer_doc(X)), {"Content-Encoding": "deflate"}, 400),
+    ("truncated-gzip", LINEAR, gzip.compress(infer_doc(X))[:-12], {"Content-Encoding": "gzip"}, 400),
+    ("unknown-content-encoding", LINEAR, infer_doc(X), {"Content-Encoding": "compress"}, 400),
+    # Decompressed, the body is 4x the limit: refused before it is all in memory.
+    ("gzip-bomb", LINEAR, gzip.compress(b" " * (4 * MAX_BODY) + infer_doc(X)), {"Content-Encoding": "gzip"}, 413),
+    ("deflate-bomb", LINEAR, zlib.compress(b" " * (4 * MAX_BODY) + infer_doc(X)), {"Content-Encoding": "deflate"}, 413),
     ("unknown-model", "/v2/models/nope/infer", infer_doc(X), {}, 404),
     ("unknown-version", "/v2/models/linear/versions/7/infer", infer_doc(X), {}, 404),
     ("non-numeric-version", "/v2/models/linear/versions/latest/infer", infer_doc(X), {}, 404),
@@ -208,6 +230,22 @@ def test_http_malformed_request(
     error = r.json()["error"]
     assert isinstance(error, str) and len(error) > 10
     assert_serves(node)
+
+
+def test_http_unreadable_body_closes_the_connection(node: RunningNode, caplog: pytest.LogCaptureFixture) -> None:
+    """A body that fails to decode or is refused part-way leaves bytes on the connection no
+    later request could be parsed after: the answer says ``Connection: close`` (so no client
+    or gateway pools it) and the server logs no traceback for the client's mistake."""
+    bomb = gzip.compress(b" " * (4 * MAX_BODY) + infer_doc(X))
+    with caplog.at_level(logging.ERROR):
+        for body, status in ((infer_doc(X), 400), (bomb, 413)):
+            with requests.Session() as session:
+                r = session.post(node.url + LINEAR, data=body, headers={"Content-Encoding": "gzip"}, timeout=10)
+                assert r.status_code == status, r.text
+                assert "Content-Encoding" in r.json()["error"] or status == 413
+                assert r.headers.get("Connection", "").lower() == "close"
+                assert session.post(node.url + LINEAR, data=infer_doc(X), timeout=10).status_code == 200
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 def test_http_case_count() -> None:
@@ -384,6 +422,12 @@ GRPC_CASES: list[tuple[str, Any, grpc.StatusCode]] = [
         grpc.StatusCode.INVALID_ARGUMENT,
     ),
     ("elements-over-limit", _edit(_set_input(shape=[2000, 4])), grpc.StatusCode.INVALID_ARGUMENT),
+    ("too-many-dims", _edit(_set_input(shape=[1] * 65)), grpc.StatusCode.INVALID_ARGUMENT),
+    (
+        "raw-too-many-dims",
+        _edit(lambda r: _raw(r, F32[:4]) or _set_input(shape=[1] * 65)(r)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
 ]
 
 
@@ -456,7 +500,9 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5),
     max_leaves=30,
 )
-shapes = st.lists(st.integers(min_value=-2, max_value=2**40), max_size=4)
+shapes = st.lists(st.integers(min_value=-2, max_value=2**40), max_size=4) | st.lists(
+    st.integers(min_value=0, max_value=2), min_size=60, max_size=70
+)
 input_docs = st.fixed_dictionaries(
     {"name": st.sampled_from(["x", "y", ""]), "datatype": st.sampled_from(DATATYPES), "shape": shapes},
     optional={

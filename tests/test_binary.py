@@ -3,6 +3,8 @@ hand-built bodies, and the tensor <-> bytes functions against tritonclient's own
 
 from __future__ import annotations
 
+import gzip
+import json
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +13,7 @@ import numpy as np
 import orjson
 import pytest
 import requests
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 
@@ -175,6 +178,119 @@ def test_timeout_parameter_is_checked(client: httpclient.InferenceServerClient) 
         client.infer("linear", [inp], parameters={"timeout": "soon"})
 
 
+@pytest.mark.parametrize("binary_out", [True, False], ids=["bin-out", "json-out"])
+@pytest.mark.parametrize("datatype", DATATYPES)
+def test_zero_rows(
+    client: httpclient.InferenceServerClient, node: RunningNode, datatype: str, binary_out: bool
+) -> None:
+    """A batch of no rows is a valid request: an empty output of the right shape comes
+    back as JSON, as binary and over gRPC."""
+    arr = sample(datatype, (0, 3))
+    inp = httpclient.InferInput("x", [0, 3], datatype)
+    inp.set_data_from_numpy(arr, binary_data=True)
+    out = httpclient.InferRequestedOutput("y", binary_data=binary_out)
+    y = client.infer(f"id_{datatype.lower()}", [inp], outputs=[out]).as_numpy("y")
+    assert y.shape == (0, 3)
+    grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{node.config.server.grpc_port}")
+    ginp = grpcclient.InferInput("x", [0, 3], datatype)
+    ginp.set_data_from_numpy(arr)
+    assert grpc.infer(f"id_{datatype.lower()}", [ginp]).as_numpy("y").shape == (0, 3)
+    grpc.close()
+
+
+@pytest.mark.parametrize("response_compression", [None, "gzip", "deflate"])
+@pytest.mark.parametrize("request_compression", ["gzip", "deflate"])
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_compressed_requests(
+    client: httpclient.InferenceServerClient,
+    binary: bool,
+    request_compression: str,
+    response_compression: str | None,
+) -> None:
+    """``Content-Encoding: gzip|deflate`` request bodies, JSON or binary tensors, as Triton takes them."""
+    x = np.random.default_rng(3).standard_normal((3, 4)).astype(np.float32)
+    inp = httpclient.InferInput("x", [3, 4], "FP32")
+    inp.set_data_from_numpy(x, binary_data=binary)
+    outputs = [httpclient.InferRequestedOutput("probs", binary_data=binary)]
+    plain = client.infer("linear", [inp], outputs=outputs).as_numpy("probs")
+    result = client.infer(
+        "linear",
+        [inp],
+        outputs=outputs,
+        request_compression_algorithm=request_compression,
+        response_compression_algorithm=response_compression,
+    )
+    np.testing.assert_array_equal(result.as_numpy("probs"), plain)
+
+
+def test_gzip_body_in_chunks(node: RunningNode) -> None:
+    """A compressed body sent with chunked transfer encoding (no Content-Length)."""
+    body = gzip.compress(
+        orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1] * 4}]})
+    )
+    r = requests.post(
+        f"{node.url}/v2/models/linear/infer",
+        data=iter([body[:10], body[10:]]),
+        headers={"Content-Encoding": "gzip"},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["outputs"][0]["shape"] == [1, 3]
+
+
+NON_FINITE = [np.nan, np.inf, -np.inf, 1.5, -0.0, 3e-8]
+
+
+@pytest.mark.parametrize("datatype", ["FP16", "FP32", "FP64"])
+def test_non_finite_outputs_in_json(client: httpclient.InferenceServerClient, node: RunningNode, datatype: str) -> None:
+    """NaN and infinities in JSON outputs are written as ``NaN``, ``Infinity`` and
+    ``-Infinity`` (as Triton does), never as a silent null; tritonclient reads them back."""
+    arr = np.array(NON_FINITE, dtype=sample(datatype).dtype).reshape(2, 3)
+    inp = httpclient.InferInput("x", list(arr.shape), datatype)
+    inp.set_data_from_numpy(arr, binary_data=True)
+    out = httpclient.InferRequestedOutput("y", binary_data=False)
+    y = client.infer(f"id_{datatype.lower()}", [inp], outputs=[out]).as_numpy("y")
+    np.testing.assert_array_equal(y, arr)
+    # The raw body, read by Python's json (what tritonclient and requests use).
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {"name": "x", "datatype": datatype, "shape": [2, 3], "parameters": {"binary_data_size": arr.nbytes}}
+            ]
+        }
+    )
+    r = requests.post(
+        f"{node.url}/v2/models/id_{datatype.lower()}/infer",
+        data=header + arr.tobytes(),
+        headers={"Inference-Header-Content-Length": str(len(header))},
+        timeout=10,
+    )
+    assert r.status_code == 200 and b"null" not in r.content, r.text
+    assert b"[NaN,Infinity,-Infinity," in r.content
+    data = json.loads(r.content)["outputs"][0]["data"]
+    np.testing.assert_array_equal(np.array(data, dtype=arr.dtype), arr.reshape(-1))
+
+
+def test_non_finite_inputs_in_json(client: httpclient.InferenceServerClient, node: RunningNode) -> None:
+    """JSON inputs may carry the same tokens: what the server writes, it reads."""
+    arr = np.array(NON_FINITE, dtype=np.float32).reshape(2, 3)
+    inp = httpclient.InferInput("x", [2, 3], "FP32")
+    inp.set_data_from_numpy(arr, binary_data=False)  # tritonclient writes NaN/Infinity with json.dumps
+    out = httpclient.InferRequestedOutput("y", binary_data=True)
+    np.testing.assert_array_equal(client.infer("id_fp32", [inp], outputs=[out]).as_numpy("y"), arr)
+    body = (
+        b'{"inputs": [{"name": "x", "datatype": "FP64", "shape": [2, 3], '
+        b'"data": [[NaN, Infinity, -Infinity], [1, 2, 3]]}]}'
+    )
+    r = requests.post(f"{node.url}/v2/models/id_fp64/infer", data=body, timeout=10)
+    assert r.status_code == 200, r.text
+    assert json.loads(r.content)["outputs"][0]["data"][:3] == [
+        pytest.approx(float("nan"), nan_ok=True),
+        float("inf"),
+        float("-inf"),
+    ]
+
+
 # ----------------------------------------------------------- tensor <-> bytes
 
 
@@ -190,6 +306,13 @@ def test_bytes_layout_matches_tritonclient(datatype: str) -> None:
     back = tensor_from_bytes("x", datatype, [3, 2], ours)
     assert back.shape == (3, 2)
     np.testing.assert_array_equal(back, arr)
+
+
+@pytest.mark.parametrize("datatype", DATATYPES)
+def test_empty_tensor_bytes(datatype: str) -> None:
+    arr = sample(datatype, (0, 3))
+    assert bytes(tensor_to_bytes(arr, datatype)) == b""
+    assert tensor_from_bytes("x", datatype, [0, 3], b"").shape == (0, 3)
 
 
 def test_fixed_size_decode_is_zero_copy() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .errors import InvalidInput
@@ -50,4 +52,32 @@ def element_count(shape: tuple[int, ...] | list[int]) -> int:
     n = 1
     for d in shape:
         n *= d
+    return n
+
+
+#: Dimensions a tensor may have: numpy (so every framework array here) stops at 64.
+MAX_DIMS = 64
+
+#: Product of a shape's non-zero dimensions beyond which no tensor can exist.
+MAX_SPAN = 2**48
+
+
+def check_shape(name: str, shape: Any, max_elements: int | None = None) -> int:
+    """Validate a wire shape before any array is built from it; return its element count.
+
+    Every frontend (JSON, binary tensors, gRPC) calls this, so a shape numpy
+    would refuse is a clear :class:`InvalidInput` everywhere, never a crash.
+    """
+    if not isinstance(shape, list | tuple) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise InvalidInput(f"input {name!r}: 'shape' must be an array of non-negative integers, got {shape!r}")
+    if len(shape) > MAX_DIMS:
+        raise InvalidInput(f"input {name!r}: shape has {len(shape)} dimensions; a tensor can have at most {MAX_DIMS}")
+    n = element_count(shape)
+    if max_elements is not None and n > max_elements:
+        raise InvalidInput(f"input {name!r}: shape {list(shape)} has {n} elements, over the limit of {max_elements}")
+    # numpy refuses such shapes even with a zero dimension (e.g. [0, 2**40, 2**40]).
+    if element_count([d or 1 for d in shape]) > MAX_SPAN:
+        raise InvalidInput(f"input {name!r}: shape {list(shape)} is too large")
     return n

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..datatypes import element_count, numpy_dtype
+from ..datatypes import check_shape, numpy_dtype
 from ..errors import InvalidInput
 from ..inference import InferenceRequest, InferenceResponse
 from ..plugins import hookimpl
@@ -33,25 +33,6 @@ from .json_codec import JsonCodec, decode_request, encode_response, json_data
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 _LEN = struct.Struct("<I")
-
-#: Product of a shape's non-zero dimensions beyond which no tensor can exist.
-MAX_SPAN = 2**48
-
-
-def check_shape(name: str, shape: Any, max_elements: int | None = None) -> int:
-    """Validate a wire shape (non-negative integers); return its element count."""
-    if not isinstance(shape, list | tuple) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
-        raise InvalidInput(f"input {name!r}: 'shape' must be an array of non-negative integers, got {shape!r}")
-    n = element_count(shape)
-    if max_elements is not None and n > max_elements:
-        raise InvalidInput(f"input {name!r}: shape {list(shape)} has {n} elements, over the limit of {max_elements}")
-    # numpy refuses such shapes even with a zero dimension (e.g. [0, 2**40, 2**40]).
-    if element_count([d or 1 for d in shape]) > MAX_SPAN:
-        raise InvalidInput(f"input {name!r}: shape {list(shape)} is too large")
-    return n
-
 
 def tensor_from_bytes(name: str, datatype: str, shape: Any, buf: bytes | memoryview) -> np.ndarray:
     """A numpy array of ``shape`` read from raw little-endian bytes (zero-copy for fixed-size types)."""
@@ -101,7 +82,8 @@ def tensor_to_bytes(arr: np.ndarray, datatype: str) -> bytes | memoryview:
             parts.append(b)
         return b"".join(parts)
     dtype = numpy_dtype(datatype).newbyteorder("<")
-    return memoryview(np.ascontiguousarray(arr, dtype=dtype)).cast("B")
+    # A flat uint8 view, not memoryview.cast: cast refuses views with a zero in the shape (empty batches).
+    return memoryview(np.ascontiguousarray(arr, dtype=dtype).reshape(-1).view(np.uint8))
 
 
 class _Tail:

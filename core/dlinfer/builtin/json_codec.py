@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..datatypes import element_count, numpy_dtype, v2_datatype
+from ..datatypes import check_shape, numpy_dtype, v2_datatype
 from ..errors import InvalidInput
 from ..inference import (
     InferenceRequest,
@@ -60,9 +60,7 @@ def tensor_from_json(name: str, datatype: str, shape: list[int], data: Any) -> n
     """
     where = f"input {name!r}"
     dtype = numpy_dtype(datatype)
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise InvalidInput(f"{where}: 'shape' must be an array of non-negative integers, got {shape!r}")
-    expected = element_count(shape)
+    expected = check_shape(name, shape)
     if datatype == "BYTES":
         arr = _bytes_tensor(data, where)
     else:
@@ -81,10 +79,7 @@ def tensor_from_json(name: str, datatype: str, shape: list[int], data: Any) -> n
         arr = _cast(arr, dtype, datatype, where)
     if arr.size != expected:
         raise InvalidInput(f"{where}: shape {shape} needs {expected} elements, but 'data' has {arr.size}")
-    try:
-        return arr.reshape(shape)
-    except ValueError:  # an empty tensor with huge other dimensions, e.g. [0, 2**40, 2**40]
-        raise InvalidInput(f"{where}: shape {shape} is too large") from None
+    return arr.reshape(shape)
 
 
 def _cast(arr: np.ndarray, dtype: np.dtype, datatype: str, where: str) -> np.ndarray:

@@ -20,9 +20,9 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 from .. import __version__
-from ..builtin.binary_codec import check_shape, tensor_from_bytes, tensor_to_bytes
+from ..builtin.binary_codec import tensor_from_bytes, tensor_to_bytes
 from ..config import NodeConfig
-from ..datatypes import numpy_dtype
+from ..datatypes import check_shape, numpy_dtype
 from ..errors import DlinferError, InvalidInput, ModelNotReady
 from ..inference import InferenceRequest, InferenceResponse, InferInput, RequestedOutput
 from ..plugins import hookimpl
