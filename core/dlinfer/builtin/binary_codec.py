@@ -34,6 +34,7 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 
 _LEN = struct.Struct("<I")
 
+
 def tensor_from_bytes(name: str, datatype: str, shape: Any, buf: bytes | memoryview) -> np.ndarray:
     """A numpy array of ``shape`` read from raw little-endian bytes (zero-copy for fixed-size types)."""
     count = check_shape(name, shape)
