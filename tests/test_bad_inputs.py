@@ -233,16 +233,17 @@ def test_http_malformed_request(
 
 
 def test_http_unreadable_body_closes_the_connection(node: RunningNode, caplog: pytest.LogCaptureFixture) -> None:
-    """A body that fails to decode or is refused part-way leaves bytes on the connection no
-    later request could be parsed after: the answer says ``Connection: close`` (so no client
-    or gateway pools it) and the server logs no traceback for the client's mistake."""
-    bomb = gzip.compress(b" " * (4 * MAX_BODY) + infer_doc(X))
+    """A body that fails to decompress, or is refused with part of it unread, leaves bytes on
+    the connection no later request could be parsed after: the answer says ``Connection: close``
+    (so no client or gateway pools it), and the server logs no traceback for the client's mistake."""
+    # 64 MB of spaces: more than aiohttp decompresses at once, so most of it is never read.
+    bomb = gzip.compress(b" " * (64 << 20))
     with caplog.at_level(logging.ERROR):
         for body, status in ((infer_doc(X), 400), (bomb, 413)):
             with requests.Session() as session:
                 r = session.post(node.url + LINEAR, data=body, headers={"Content-Encoding": "gzip"}, timeout=10)
                 assert r.status_code == status, r.text
-                assert "Content-Encoding" in r.json()["error"] or status == 413
+                assert "gzip" in r.json()["error"]
                 assert r.headers.get("Connection", "").lower() == "close"
                 assert session.post(node.url + LINEAR, data=infer_doc(X), timeout=10).status_code == 200
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 
 from ..config import NodeConfig
-from ..errors import DlinferError, PayloadTooLarge
+from ..errors import DlinferError, PayloadTooLarge, RequestTimeout
 from ..plugins import Plugins
 from ..repository import ModelRepository
 from .access_log import LOGGER as ACCESS_LOGGER
@@ -69,15 +69,42 @@ def error_response(exc: DlinferError) -> web.Response:
     )
 
 
+def _body_left_unread(request: web.Request, exc: DlinferError) -> bool:
+    """Whether the request failed on its body (undecodable, too large, too slow) with part of it unread."""
+    content = request.content
+    if content.at_eof():
+        return False
+    return content.exception() is not None or isinstance(exc, PayloadTooLarge | RequestTimeout)
+
+
+async def _answer_and_close(request: web.Request, response: web.Response) -> web.Response:
+    """Send ``response`` with ``Connection: close``, then close the connection.
+
+    The rest of the body is still on the connection, so it cannot carry
+    another request: a client or gateway that pooled it would fail its next
+    request there. Reading the rest to keep it (aiohttp lingers up to 10 s)
+    would spend on a refused body what the refusal saved, and a body that
+    failed to decompress cannot be read at all.
+    """
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()  # after the answer is written: the transport flushes it, then closes
+    return response
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         return await handler(request)
     except DlinferError as exc:
+        if _body_left_unread(request, exc):
+            return await _answer_and_close(request, error_response(exc))
         return error_response(exc)
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[CONFIG].limits.max_body_bytes
-        return error_response(PayloadTooLarge(f"request body is larger than the limit of {limit} bytes"))
+        error = error_response(PayloadTooLarge(f"request body is larger than the limit of {limit} bytes"))
+        return await _answer_and_close(request, error)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

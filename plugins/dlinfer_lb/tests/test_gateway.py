@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import gzip
+
+import aiohttp
 import numpy as np
+import orjson
 import requests
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
@@ -174,3 +179,45 @@ def test_version_aware_routing(start_gateway, helpers, tmp_path) -> None:
         assert requests.post(f"{gw.url}/v2/models/vm/infer", json=helpers.X, timeout=5).status_code == 200
         r = requests.post(f"{gw.url}/v2/repository/models/nothere/load", timeout=10)
         assert r.status_code == 404 and r.json()["error"].startswith("node http://127.0.0.1:")
+
+
+def test_compressed_requests_through_the_gateway(cluster, start_gateway, helpers) -> None:
+    """gzip/deflate request bodies work through the gateway as on a node, and a body that does
+    not match its Content-Encoding is a 400 that leaves no broken pooled connection behind."""
+    gw = start_gateway(nodes=[cluster.urls[0]])  # one node: a stale connection would have no other to retry on
+    x = np.random.default_rng(5).standard_normal((2, 4)).astype(np.float32)
+    client = triton.InferenceServerClient(gw.url.removeprefix("http://"))
+    for binary in (True, False):
+        inp = triton.InferInput("x", [2, 4], "FP32")
+        inp.set_data_from_numpy(x, binary_data=binary)
+        outputs = [triton.InferRequestedOutput("probs", binary_data=binary)]
+        plain = client.infer("linear", [inp], outputs=outputs).as_numpy("probs")
+        for algorithm in ("gzip", "deflate"):
+            for _ in range(3):
+                result = client.infer(
+                    "linear",
+                    [inp],
+                    outputs=outputs,
+                    request_compression_algorithm=algorithm,
+                    response_compression_algorithm=algorithm,
+                )
+                np.testing.assert_array_equal(result.as_numpy("probs"), plain)
+    client.close()
+
+    async def mixed() -> list[tuple[int, str]]:
+        url = f"{gw.url}/v2/models/linear/infer"
+        body = orjson.dumps(helpers.X)
+        seen = []
+        async with aiohttp.ClientSession() as session:
+            for _ in range(5):
+                async with session.post(url, data=body, headers={"Content-Encoding": "gzip"}) as r:
+                    seen.append((r.status, (await r.json())["error"]))
+                for data, headers in ((body, {}), (gzip.compress(body), {"Content-Encoding": "gzip"})):
+                    async with session.post(url, data=data, headers=headers) as r:
+                        seen.append((r.status, await r.text()))
+        return seen
+
+    seen = asyncio.run(mixed())
+    assert [s for s, _ in seen] == [400, 200, 200] * 5, seen
+    assert "Content-Encoding" in seen[0][1]
+    assert helpers.send(gw.url, "linear", 50, concurrency=4).count(200) == 50

@@ -29,7 +29,7 @@ from dlinfer.plugins import Plugins
 from dlinfer.repository import check_name
 from dlinfer.server import CONFIG, PLUGINS, STATE
 from dlinfer.server.guards import version_arg
-from dlinfer.server.v2_http import index_ready_only, json_response, server_routes
+from dlinfer.server.v2_http import index_ready_only, json_response, read_body, server_routes
 
 from .health import ActiveChecker, OutlierDetector
 from .membership import Membership, Node
@@ -241,7 +241,7 @@ class Gateway:
     async def control(self, request: web.Request, action: str, model: str) -> web.Response:
         """Load or unload a model on every healthy node; the first failure is returned with its node."""
         headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "content-type")}
-        status, error = await self.control_nodes(action, model, headers, await request.read())
+        status, error = await self.control_nodes(action, model, headers, await read_body(request))
         return json_response({} if status == 200 else {"error": error}, status)
 
     async def control_nodes(self, action: str, model: str, headers: dict[str, str], body: bytes) -> tuple[int, str]:
@@ -353,7 +353,8 @@ async def infer(request: web.Request) -> web.StreamResponse:
     if request.app[STATE].draining:
         raise Unavailable("server is shutting down")
     _model_args(request)  # a bad name or version is refused before the body is read
-    return await _forward(request, await request.read())
+    # Decompressed here (and bounded by limits.max_body_bytes); the nodes get it plain.
+    return await _forward(request, await read_body(request))
 
 
 @routes.post("/v2/repository/index")

@@ -1,8 +1,13 @@
 """Forwarding one client request to a node, with retries on other nodes.
 
-The body is passed through as bytes, never decoded, with the client's headers
+The body is passed through as bytes, never parsed, with the client's headers
 (less the hop-by-hop ones); the node's answer comes back the same way,
-streamed when it is large. A connection error or a 503/429 from a node is
+streamed when it is large. A compressed request body (``Content-Encoding``)
+is the exception: the gateway has already decompressed it, as aiohttp does
+for every request it reads, and bounded it by ``limits.max_body_bytes``, so
+it goes to the node plain and without that header. Sending it on compressed
+would mean reading the client's bytes raw, and the gateway must hold the
+whole body anyway to retry it on another node. A connection error or a 503/429 from a node is
 retried on a node not tried yet, while the per-model deadline, the retry
 count and the gateway-wide retry budget allow. Every other answer of a node
 (400, 404, 500, ...) goes back to the client unchanged, with the node's own
@@ -44,6 +49,7 @@ HOP_BY_HOP = frozenset(
         "content-length",
     }
 )
+_NOT_FORWARDED = HOP_BY_HOP | {"content-encoding"}
 #: Answers that mean "this node cannot take it now; another one may".
 RETRY_STATUS = frozenset({429, 503})
 #: Answers that count against a node for outlier ejection.
@@ -104,7 +110,9 @@ class Route:
 
 
 def forward_headers(headers: Any) -> CIMultiDict[str]:
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP)
+    """The client's headers for the node: not the hop-by-hop ones, nor the body's
+    Content-Encoding (the body is forwarded decompressed)."""
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in _NOT_FORWARDED)
 
 
 def _response_headers(headers: Any) -> CIMultiDict[str]:
