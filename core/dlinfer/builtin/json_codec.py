@@ -3,11 +3,19 @@
 JSON is parsed with orjson straight into Python lists and turned into numpy
 in one ``np.asarray`` per tensor; outputs are written by orjson's native numpy
 serializer, so no per-element Python code runs on either side.
+
+JSON has no number for NaN or the infinities. As Triton (RapidJSON with its
+NaN/Inf flags) and TF-Serving do, they are written as the tokens ``NaN``,
+``Infinity`` and ``-Infinity``, which Python's ``json`` (so tritonclient and
+requests) reads, and read back the same way; orjson alone would write null,
+a silently wrong answer.
 """
 
 from __future__ import annotations
 
 import gc
+import json
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,6 +34,7 @@ from ..plugins import hookimpl
 
 _INT_KINDS = "iu"
 _ORJSON_NATIVE = {"b", "i", "u", "f"}
+_NON_FINITE_TOKEN = re.compile(rb"NaN|Infinity")
 
 
 def _require(obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -141,9 +150,28 @@ def loads(body: bytes) -> Any:
     gc.disable()
     try:
         return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        if not _NON_FINITE_TOKEN.search(body):
+            raise
+        return _loads_non_finite(body, exc)
     finally:
         if enabled:
             gc.enable()
+
+
+def _loads_non_finite(body: bytes, error: orjson.JSONDecodeError) -> Any:
+    """A body orjson refused, parsed again accepting ``NaN``/``Infinity``/``-Infinity``.
+
+    Python's ``json`` is slower, so only bodies that hold these tokens pay for
+    it. What it accepts beyond them and orjson does not (lone surrogates) is
+    refused with orjson's own error, so both paths take the same documents.
+    """
+    try:
+        doc = json.loads(body.decode())  # UTF-8 only, as orjson
+        orjson.dumps(doc)
+    except (ValueError, RecursionError, orjson.JSONEncodeError):
+        raise error from None
+    return doc
 
 
 def load_object(body: bytes) -> dict[str, Any]:
@@ -197,9 +225,27 @@ def decode_request(body: bytes, tensor_source: TensorSource | None = None) -> In
     return InferenceRequest(inputs, req_id, outputs, _parameters(doc, "request"))
 
 
+def json_floats(arr: np.ndarray) -> Any:
+    """A C-contiguous float array as orjson should write it: itself when every value is
+    finite (one ``np.isfinite`` pass), else JSON text with ``NaN``/``Infinity``/``-Infinity``
+    where orjson would write null. A 0-d array becomes one number."""
+    finite = np.isfinite(arr)
+    if finite.all():
+        return arr.item() if arr.ndim == 0 else arr
+    bad = arr[~finite]
+    tokens = np.where(np.isnan(bad), b"NaN", np.where(bad > 0, b"Infinity", b"-Infinity")).tolist()
+    if arr.ndim == 0:
+        return orjson.Fragment(tokens[0])
+    # orjson writes every finite number as it would anyway, and null for exactly these values, in C order.
+    parts = orjson.dumps(arr, option=orjson.OPT_SERIALIZE_NUMPY).split(b"null")
+    return orjson.Fragment(parts[0] + b"".join(t + p for t, p in zip(tokens, parts[1:], strict=True)))
+
+
 def json_data(arr: np.ndarray) -> Any:
     """A tensor as the flat ``data`` value of a V2 JSON output."""
     flat = np.ascontiguousarray(arr).reshape(-1)
+    if flat.dtype.kind == "f":
+        return json_floats(flat)
     if flat.dtype.kind in _ORJSON_NATIVE:
         return flat
     if flat.dtype.kind in "OSU":

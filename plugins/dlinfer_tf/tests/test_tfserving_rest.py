@@ -182,3 +182,24 @@ def test_json_parsing_leaves_the_garbage_collector_on(node):
     assert gc.isenabled()
     assert _post(node, "tf1:predict", {"instances": [[1, 2, 3]]}).status_code == 200
     assert gc.isenabled()
+
+
+def test_non_finite_values_are_nan_and_infinity_tokens(node, reference, call_tf):
+    """As TF-Serving does: NaN and infinities are read and written as ``NaN``/``Infinity``/``-Infinity``,
+    never turned into null."""
+    import json
+
+    x = np.array([[np.nan, 0, 0], [np.inf, 0, 0], [0, 0, np.inf], [1, 2, 3]], np.float32)
+    expected = call_tf(reference["tf1"], x=x)["y"]
+    for key, answer in (("instances", "predictions"), ("inputs", "outputs")):
+        r = _post(node, "tf1:predict", json.dumps({key: x.tolist()}).encode())
+        assert r.status_code == 200 and b"null" not in r.content, r.text
+        assert b"NaN" in r.content and b"-Infinity" in r.content
+        np.testing.assert_array_equal(np.array(json.loads(r.content)[answer], np.float32), expected)
+    examples = b'"examples": [{"x": [NaN, 0.0, 0.0]}, {"x": [0.0, 0.0, Infinity]}, {"x": [1.0, 2.0, 3.0]}]}'
+    regress = _post(node, "tf1:regress", b'{"signature_name": "regress", ' + examples)
+    assert regress.status_code == 200 and b"null" not in regress.content, regress.text
+    assert np.isnan(json.loads(regress.content)["result"][0]) and json.loads(regress.content)["result"][1] == np.inf
+    classify = _post(node, "tf1:classify", b'{"signature_name": "classify", ' + examples)
+    assert classify.status_code == 200 and b"null" not in classify.content, classify.text
+    assert np.isnan(json.loads(classify.content)["result"][0][0][1])

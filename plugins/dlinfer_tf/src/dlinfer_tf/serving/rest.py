@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import orjson
 from aiohttp import web
 
+from dlinfer.builtin.json_codec import json_floats
 from dlinfer.inference import InferenceRequest
 from dlinfer.repository import ModelRepository
 from dlinfer.server.app import REPOSITORY
@@ -29,7 +31,7 @@ routes = web.RouteTableDef()
 
 
 def _json(doc: Any) -> web.Response:
-    return web.Response(body=orjson.dumps(doc), content_type="application/json")
+    return web.Response(body=orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY), content_type="application/json")
 
 
 def _model(request: web.Request) -> Any:
@@ -51,9 +53,11 @@ async def call(request: web.Request) -> web.Response:
         return web.Response(body=encode_predictions(response.outputs, row), content_type="application/json")
     await common.import_protos()
     examples = examples_from_json(doc)
+    # Scores and values through json_floats: NaN and infinities as tokens, not null.
     if verb == "classify":
-        return _json({"result": [[list(pair) for pair in row] for row in await common.classify(model, examples)]})
-    return _json({"result": await common.regress(model, examples)})
+        rows = await common.classify(model, examples)
+        return _json({"result": [[[label, json_floats(np.asarray(score))] for label, score in row] for row in rows]})
+    return _json({"result": json_floats(np.asarray(await common.regress(model, examples)))})
 
 
 @routes.get(MODEL)

@@ -11,7 +11,7 @@ import numpy as np
 import orjson
 
 from dlinfer import InvalidInput, TensorSpec
-from dlinfer.builtin.json_codec import load_object, tensor_from_json
+from dlinfer.builtin.json_codec import json_floats, load_object, tensor_from_json
 from dlinfer.inference import InferInput, InferOutput
 
 
@@ -107,9 +107,11 @@ def decode_tensors(doc: dict[str, Any], specs: list[TensorSpec]) -> tuple[list[I
 
 
 def _json_value(name: str, arr: np.ndarray) -> Any:
-    if arr.dtype.kind in "biuf":
+    if arr.dtype.kind == "f":  # NaN and infinities as TF-Serving writes them, not null
         if arr.dtype == np.float16:
             arr = arr.astype(np.float32)
+        return json_floats(np.ascontiguousarray(arr) if arr.ndim else arr)
+    if arr.dtype.kind in "biu":
         return np.ascontiguousarray(arr) if arr.ndim else arr.item()
     # String outputs: text, or base64 when the output's name ends in "_bytes" (TF-Serving's rule).
     binary = name.endswith("_bytes")
