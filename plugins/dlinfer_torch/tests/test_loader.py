@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,44 @@ def test_model_class_from_inside_the_repository_is_not_imported(
     with pytest.raises(ModelLoadError, match="would import code from the model repository"):
         loader.load(cfg, vdir)
     assert not marker.exists()
+
+
+def _stays_absent(path: Path, grace_s: float = 1.0) -> bool:
+    """Whether ``path`` is still absent after ``grace_s``: a started command needs a moment to leave its mark."""
+    until = time.monotonic() + grace_s
+    while time.monotonic() < until:
+        if path.exists():
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_model_class_that_is_not_a_module_is_never_called(tmp_path: Path) -> None:
+    """model_class = "subprocess:Popen" with init_kwargs.args would run a command at load."""
+    marker = tmp_path / "command-ran"
+    written = tmp_path / "file-written"
+    weights = tt.save_state_dict(tt.make(tt.DictOut), tmp_path / "dict_out.pt").read_bytes()
+    classes = {
+        "popen": ("subprocess:Popen", {"args": ["touch", str(marker)]}),
+        "fileio": ("io:FileIO", {"file": str(written), "mode": "w"}),
+    }
+    for name, (spec, kwargs) in classes.items():
+        write_model(
+            tmp_path / "models",
+            name,
+            files={"model.pt": weights},
+            config={
+                "input": [{"name": "x", "datatype": "FP32", "shape": [1, 6]}],
+                "parameters": {"model_class": spec, "init_kwargs": kwargs},
+            },
+        )
+    with RunningNode(node_config(tmp_path / "models")) as node:
+        index = requests.post(f"{node.url}/v2/repository/index", timeout=30).json()
+        reasons = {row["name"]: row["reason"] for row in index}
+        for name, (spec, _) in classes.items():
+            assert f"parameters.model_class {spec!r} is not a torch.nn.Module subclass" in reasons[name]
+    assert not written.exists()
+    assert _stays_absent(marker)
 
 
 class _TouchOnUnpickle:

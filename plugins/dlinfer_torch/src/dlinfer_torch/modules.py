@@ -301,8 +301,6 @@ def _load_saved(
 def _module_from_state_dict(
     state: Mapping[str, Any], f: Path, config: ModelConfig, device: Any, repository: Path | None
 ) -> Any:
-    import torch
-
     params = config.parameters
     key = params.get("state_dict_key")
     if key is not None:
@@ -317,8 +315,6 @@ def _module_from_state_dict(
         module = cls(**kwargs)
     except Exception as exc:
         raise ModelLoadError(f"{params['model_class']}(**{dict(kwargs)}) failed: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(module, torch.nn.Module):
-        raise ModelLoadError(f"{params['model_class']} is not a torch.nn.Module")
     strict = params.get("strict", True)
     try:
         module.load_state_dict(state, strict=bool(strict))
@@ -331,9 +327,12 @@ def _module_from_state_dict(
 def import_model_class(spec: Any, f: Path, repository: Path | None = None) -> type:
     """The class named ``module:Class`` (importable on the server, e.g. an installed package).
 
-    Code inside the model repository is refused before it is imported: writing model files
-    must not be enough to run code on the server (as with pickles).
+    Code inside the model repository is refused before it is imported, and anything but an
+    ``nn.Module`` subclass before it is called: writing model files must not be enough to
+    run code on the server (as with pickles).
     """
+    import torch
+
     if spec is None:
         raise ModelLoadError(
             f"{f.name} is a state_dict (weights only); set parameters.model_class = 'package.module:Class' "
@@ -350,8 +349,10 @@ def import_model_class(spec: Any, f: Path, repository: Path | None = None) -> ty
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as exc:
         raise ModelLoadError(f"parameters.model_class {spec!r} cannot be imported: {exc}") from None
-    if not isinstance(obj, type):
-        raise ModelLoadError(f"parameters.model_class {spec!r} is not a class")
+    # Checked before anything calls it: any other class (subprocess:Popen, io:FileIO, ...)
+    # would run its constructor with init_kwargs from the model config.
+    if not isinstance(obj, type) or not issubclass(obj, torch.nn.Module):
+        raise ModelLoadError(f"parameters.model_class {spec!r} is not a torch.nn.Module subclass")
     return obj
 
 
