@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import pytest
@@ -52,7 +53,23 @@ def test_least_outstanding_picks_the_idlest() -> None:
     assert LeastOutstanding(_policy()).pick("m", [a, b, c], None) is b
 
 
-def test_p2c_prefers_lower_latency_and_penalises_failures() -> None:
+class _Clock:
+    """A controlled time source for a strategy's statistics."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _p2c(clock: _Clock) -> PeakEwma:
+    s = PeakEwma(_policy(ewma_decay_s=10.0))
+    s.clock = clock
+    return s
+
+
+def test_p2c_prefers_lower_latency() -> None:
     fast, slow = _nodes(1, 1)
     s = PeakEwma(_policy())
     s.observe(fast, SUCCESS, 0.002)
@@ -61,9 +78,75 @@ def test_p2c_prefers_lower_latency_and_penalises_failures() -> None:
     slow.outstanding = 0
     fast.outstanding = 40  # 0.002 x 41 > 0.050: load outweighs latency
     assert s.pick("m", [fast, slow], None) is slow
-    fast.outstanding = 0
-    s.observe(fast, FAILURE, 0.0001)  # a fast failure counts as the whole deadline
-    assert s.pick("m", [fast, slow], None) is slow
+
+
+def test_p2c_failures_leave_the_latency_estimate_alone() -> None:
+    clock = _Clock()
+    a, b = _nodes(1, 1)
+    s = _p2c(clock)
+    s.observe(a, SUCCESS, 0.002)
+    s.observe(b, SUCCESS, 0.004)
+    s.observe(b, FAILURE, 0.0001)  # a refused connection does not make a node look fast ...
+    s.observe(b, FAILURE, 30.0)  # ... and a dead node's deadline is not its latency
+    assert s.estimate(b, [a, b], clock.now) == pytest.approx(0.004)
+    s.observe(a, FAILURE, 0.0001)
+    assert s.estimate(a, [a, b], clock.now) == pytest.approx(0.002)
+
+
+def test_p2c_node_admitted_again_starts_as_a_typical_node() -> None:
+    clock = _Clock()
+    a, b, c = nodes = _nodes(1, 1, 1)
+    s = _p2c(clock)
+    for node, latency in ((a, 0.002), (b, 0.004), (c, 0.500)):
+        s.observe(node, SUCCESS, latency)
+    assert Counter(s.pick("m", nodes, None).url for _ in range(300))[c.url] == 0
+    # Ejected, then back: its old answers are forgotten and it counts at the median of the others.
+    c.ejected_until = clock.now = clock.now + 5
+    assert s.estimate(c, nodes, clock.now) == pytest.approx(0.003)
+    picks = Counter(s.pick("m", nodes, None).url for _ in range(300))
+    assert picks[c.url] > 60, picks  # it beats b (a third of the pairs); a beats it
+    s.observe(c, SUCCESS, 0.001)
+    assert s.estimate(c, nodes, clock.now) == pytest.approx(0.001)
+    # The same after its active checks failed and passed again.
+    s.observe(c, SUCCESS, 0.500)
+    c.healthy_since = clock.now = clock.now + 1
+    assert s.estimate(c, nodes, clock.now) == pytest.approx(0.003)
+
+
+def test_p2c_old_answers_fade_towards_the_median() -> None:
+    clock = _Clock()
+    a, b, c = nodes = _nodes(1, 1, 1)
+    s = _p2c(clock)
+    for node, latency in ((a, 0.002), (b, 0.002), (c, 0.502)):
+        s.observe(node, SUCCESS, latency)
+    clock.now += 30  # three time constants: the slow answer weighs e^-3, 5%
+    assert s.estimate(c, nodes, clock.now) == pytest.approx(0.002 + 0.5 * math.exp(-3))
+    a.outstanding = 1
+    s.observe(a, SUCCESS, 0.002)  # the fast node keeps answering; the slow one gets nothing
+    assert s.pick("m", [a, c], None) is a
+    clock.now += 30  # a minute on, the slow node beats one with a request in flight
+    s.observe(a, SUCCESS, 0.002)
+    assert s.pick("m", [a, c], None) is c
+    assert s.estimate(c, [a, c], clock.now) == pytest.approx(0.002 + 0.5 * math.exp(-6))
+
+
+def test_swrr_node_admitted_again_starts_from_its_weight() -> None:
+    clock = _Clock()
+    a, b = _nodes(8, 8)
+    s = SmoothWeightedRoundRobin(_policy())
+    s.clock = clock
+    for _ in range(4):
+        s.observe(a, FAILURE, 0.0)  # 8 -> 6 -> 4 -> 2 -> 1
+    assert Counter(s.pick("m", [a, b], None).url for _ in range(90))[a.url] == 10
+    a.healthy_since = clock.now = clock.now + 1  # failed its checks, then passed them again
+    picks = Counter(s.pick("m", [a, b], None).url for _ in range(80))
+    assert picks[a.url] == picks[b.url] == 40
+    # Short of a restart, successes win the weight back a quarter at a time.
+    for _ in range(4):
+        s.observe(a, FAILURE, 0.0)
+    for _ in range(4):
+        s.observe(a, SUCCESS, 0.0)
+    assert Counter(s.pick("m", [a, b], None).url for _ in range(80))[a.url] == 40
 
 
 def test_consistent_hash_is_sticky_and_bounded() -> None:

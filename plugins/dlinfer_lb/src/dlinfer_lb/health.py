@@ -8,8 +8,9 @@ Passive: the proxy reports every attempt. ``consecutive_failures`` gateway
 failures in a row (connection errors, 502, 503, 504; not 500, which is most
 often one bad request) eject the node for ``base_ejection_s * 2**(n-1)``,
 capped at ``max_ejection_s``, unless ``max_ejection_percent`` of the nodes are
-ejected already. After the ejection time the node takes traffic again; a node
-that then stays clean for ``max_ejection_s`` has its backoff reset.
+ejected already. After the ejection time the node takes traffic again, or
+sooner when the active checks saw it fail and then pass again (a restart); a
+node that then stays clean for ``max_ejection_s`` has its backoff reset.
 """
 
 from __future__ import annotations
@@ -69,6 +70,12 @@ class ActiveChecker:
         if not node.healthy and (not node.ever_healthy or node.check_streak >= self.settings.healthy_threshold):
             log.info("node %s is healthy", node.url)
             node.healthy = node.ever_healthy = True
+            now = node.healthy_since = time.monotonic()
+            if node.ejected(now):
+                # The checks saw the node go down and come back: the outage its ejection was for is over.
+                log.info("node %s: ejection ended early, its health checks pass again", node.url)
+                node.ejected_until = now
+            node.consecutive_failures = 0
 
     def _failed(self, node: Node, reason: str) -> None:
         node.check_streak = min(0, node.check_streak) - 1

@@ -29,8 +29,8 @@ STATIC, FILE, REGISTERED = "static", "file", "registered"
 class Node:
     """One upstream node as the gateway sees it.
 
-    Strategies read ``url`` (also as ``name``), ``weight`` and ``outstanding``;
-    the health machinery owns the rest.
+    Strategies read ``url`` (also as ``name``), ``weight``, ``outstanding`` and
+    ``admitted_since()``; the health machinery owns the rest.
     """
 
     def __init__(self, url: str, weight: int = 1, grpc: str = "") -> None:
@@ -47,6 +47,8 @@ class Node:
         self.healthy = False
         self.check_streak = 0  # > 0: consecutive passes; < 0: consecutive failures
         self.last_check_error = ""
+        #: When the active checks last found the node healthy after it was not.
+        self.healthy_since = 0.0
         #: Ready versions per model, from the node's repository index.
         self.ready: dict[str, set[str]] = {}
         #: The node's whole repository index (every state), for the aggregated index.
@@ -55,7 +57,6 @@ class Node:
         self.consecutive_failures = 0
         self.ejections = 0  # ejections so far: the backoff exponent
         self.ejected_until = 0.0
-        self.readmitted_at = 0.0
         self.last_error = ""
         # Statistics for GET /v2/-/nodes.
         self.requests = 0
@@ -68,6 +69,14 @@ class Node:
     def admitted(self, now: float) -> bool:
         """Takes traffic: passed its active checks and is not ejected."""
         return self.healthy and not self.ejected(now)
+
+    def admitted_since(self) -> float:
+        """When the node last began taking traffic (its checks passed again, or an ejection ended).
+
+        Strategies forget what they learnt about a node before this moment: latencies and
+        failures of a node that then went away say nothing about the one that came back.
+        """
+        return max(self.healthy_since, self.ejected_until)
 
     def serves(self, model: str, version: str | None) -> bool:
         versions = self.ready.get(model)

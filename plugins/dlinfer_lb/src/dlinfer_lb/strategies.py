@@ -6,8 +6,11 @@ when its constructor takes ``policy``, else as ``cls()``. The gateway calls
 ``pick(model, candidates, request)`` with the admitted nodes that have the
 model ready (never empty) and ``observe(node, outcome, latency_s)`` after
 each attempt, ``outcome`` being ``"success"`` or ``"failure"``. Nodes expose
-``url``, ``weight`` and ``outstanding`` (requests in flight on that node).
-Everything runs on the event loop: no locks.
+``url``, ``weight``, ``outstanding`` (requests in flight on that node) and
+``admitted_since()``: what a strategy learnt about a node before that moment
+is about a node that went away (failed its checks, or was ejected), not about
+the one that came back, and is dropped. Everything runs on the event loop: no
+locks.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import bisect
 import hashlib
 import math
 import random
+import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .settings import RoutePolicy
@@ -29,6 +33,8 @@ class Strategy:
     """Base class: keeps the policy; ``observe`` does nothing unless overridden."""
 
     name = ""
+    #: The time source of the built-ins' statistics (tests set a controlled one).
+    clock: Callable[[], float] = staticmethod(time.monotonic)
 
     def __init__(self, policy: RoutePolicy) -> None:
         self.policy = policy
@@ -47,8 +53,9 @@ class SmoothWeightedRoundRobin(Strategy):
     (left at zero, every pick goes to the first node). Each pick adds the
     effective weights to the current weights, takes the largest and subtracts
     the total from it, which interleaves nodes (5:1:1 gives a a b a c a a).
-    A failure lowers a node's effective weight; each success raises it back
-    by one until it reaches the configured weight.
+    A failure lowers a node's effective weight by a quarter of its weight and
+    each success raises it back by as much, up to the configured weight; a
+    node admitted again starts from its configured weight.
     """
 
     name = "swrr"
@@ -56,12 +63,17 @@ class SmoothWeightedRoundRobin(Strategy):
     def __init__(self, policy: RoutePolicy) -> None:
         super().__init__(policy)
         self._current: dict[str, float] = {}
-        self._effective: dict[str, float] = {}
+        self._effective: dict[str, tuple[float, float]] = {}  # url -> (effective weight, when set)
 
     def _eff(self, node: Any) -> float:
-        eff = self._effective.get(node.url)
-        if eff is None:
-            eff = self._effective[node.url] = float(node.weight)
+        held = self._effective.get(node.url)
+        if held is None or held[1] < node.admitted_since():
+            self._current[node.url] = 0.0
+            return self._set(node, float(node.weight))
+        return held[0]
+
+    def _set(self, node: Any, eff: float) -> float:
+        self._effective[node.url] = (eff, self.clock())
         return eff
 
     def pick(self, model: str, candidates: Sequence[Any], request: Any) -> Any:
@@ -81,11 +93,13 @@ class SmoothWeightedRoundRobin(Strategy):
 
     def observe(self, node: Any, outcome: str, latency_s: float) -> None:
         eff = self._eff(node)
+        step = max(1.0, node.weight / 4)
         if outcome == SUCCESS:
-            self._effective[node.url] = min(float(node.weight), eff + 1)
+            if eff < node.weight:
+                self._set(node, min(float(node.weight), eff + step))
         else:
             # Keep a floor of one so the node still gets a trickle to prove it recovered.
-            self._effective[node.url] = max(1.0, eff - max(1.0, node.weight / 4))
+            self._set(node, max(1.0, eff - step))
 
 
 class LeastOutstanding(Strategy):
@@ -102,44 +116,67 @@ class PeakEwma(Strategy):
     """Power of two choices over peak-EWMA latency x (outstanding + 1).
 
     Two nodes are drawn at random and the cheaper one wins. The latency
-    estimate jumps up to any slower sample at once (peak) and decays towards
+    estimate jumps up to any slower answer at once (peak) and blends towards
     faster ones with time constant ``ewma_decay_s``, so a node that turns slow
-    loses traffic quickly and wins it back gradually. An estimate also decays
-    while a node gets no traffic, so a once-slow node is probed again. A
-    failure counts as a sample as long as the model's deadline.
+    loses traffic quickly and wins it back gradually. While a node gets no
+    answers its estimate fades, with the same time constant, towards the
+    median estimate of the other candidates: an answer from three time
+    constants ago weighs 5%, so a once-slow node is tried again. A node with
+    no answer since it was last admitted (new, or back after failed checks or
+    an ejection) counts at that median, like a typical node: neither starved
+    nor flooded.
+
+    Failures are no latency samples: a refused connection says nothing about
+    how fast a node answers, and its absence is the health checks' and the
+    outlier ejection's business (counted as a deadline-long answer, it kept a
+    restarted node idle for a minute). A node that hangs is avoided anyway,
+    by its outstanding requests.
     """
 
     name = "p2c"
 
     def __init__(self, policy: RoutePolicy) -> None:
         super().__init__(policy)
-        self._ewma: dict[str, tuple[float, float]] = {}  # url -> (estimate_s, stamp)
+        self._ewma: dict[str, tuple[float, float]] = {}  # url -> (estimate_s, when)
 
-    def _estimate(self, url: str, now: float) -> float:
-        est, stamp = self._ewma.get(url, (0.0, now))
-        return est * math.exp(-(now - stamp) / self.policy.ewma_decay_s)
+    def _held(self, node: Any) -> tuple[float, float] | None:
+        held = self._ewma.get(node.url)
+        return held if held is not None and held[1] >= node.admitted_since() else None
 
-    def cost(self, node: Any, now: float) -> float:
-        return self._estimate(node.url, now) * (node.outstanding + 1)
+    def typical(self, node: Any, candidates: Sequence[Any]) -> float:
+        """The median estimate of the other candidates that have one (0 when none has)."""
+        known = [held[0] for n in candidates if n is not node and (held := self._held(n)) is not None]
+        return statistics.median(known) if known else 0.0
+
+    def estimate(self, node: Any, candidates: Sequence[Any], now: float) -> float:
+        """The node's latency estimate at ``now``, among ``candidates``."""
+        typical = self.typical(node, candidates)
+        held = self._held(node)
+        if held is None:
+            return typical
+        est, when = held
+        return typical + (est - typical) * math.exp(-(now - when) / self.policy.ewma_decay_s)
+
+    def cost(self, node: Any, candidates: Sequence[Any], now: float) -> float:
+        return self.estimate(node, candidates, now) * (node.outstanding + 1)
 
     def pick(self, model: str, candidates: Sequence[Any], request: Any) -> Any:
         if len(candidates) == 1:
             return candidates[0]
         a, b = random.sample(list(candidates), 2)
-        now = time.monotonic()
-        return a if self.cost(a, now) <= self.cost(b, now) else b
+        now = self.clock()
+        return a if self.cost(a, candidates, now) <= self.cost(b, candidates, now) else b
 
     def observe(self, node: Any, outcome: str, latency_s: float) -> None:
-        now = time.monotonic()
-        # A fast failure (connection refused) must not make a node look fast:
-        # it counts as a request that took the whole deadline.
-        sample = latency_s if outcome == SUCCESS else max(latency_s, self.policy.deadline_s)
-        prev = self._ewma.get(node.url)
-        if prev is None or sample > prev[0]:
-            est = sample
+        if outcome != SUCCESS:
+            return
+        now = self.clock()
+        held = self._held(node)
+        if held is None or latency_s > held[0]:
+            est = latency_s
         else:
-            w = math.exp(-(now - prev[1]) / self.policy.ewma_decay_s)
-            est = prev[0] * w + sample * (1 - w)
+            w = math.exp(-(now - held[1]) / self.policy.ewma_decay_s)
+            est = held[0] * w + latency_s * (1 - w)
         self._ewma[node.url] = (est, now)
 
 
