@@ -414,9 +414,21 @@ class ModelRepository:
         if cfg.allow_pickle and not self.config.repository.allow_pickle:
             raise ModelLoadError(
                 f"{cfg_path}: allow_pickle is set, but the node does not allow unpickling; "
-                f"set repository.allow_pickle = true in {self.config.source} to trust this repository"
+                f"set repository.allow_pickle = true in {Path(self.config.source).name} to trust this repository"
             )
         return attrs.evolve(cfg, name=name)
+
+    def client_text(self, text: str) -> str:
+        """``text`` as clients may see it: a path in the repository relative to it
+        (``resnet/1/model.onnx``), never where the repository is on the server.
+
+        Loaders and frameworks name files by their absolute path; the index, load and
+        inference errors pass through here. The server's own log keeps the full path.
+        """
+        unresolved = os.path.abspath(Path(self.config.base_dir) / self.config.repository.path)
+        for root in sorted({str(self.root), unresolved}, key=len, reverse=True):
+            text = text.replace(root + os.sep, "").replace(root, "<repository>")
+        return text
 
     def versions_on_disk(self, name: str) -> list[int]:
         mdir = self.model_dir(name)
@@ -565,7 +577,7 @@ class ModelRepository:
             if not selected:
                 raise ModelLoadError(f"version policy selects none of the versions on disk {on_disk}")
         except DlinferError as exc:
-            return {}, [VersionStatus(name, None, UNAVAILABLE, str(exc))]
+            return {}, [VersionStatus(name, None, UNAVAILABLE, self.client_text(str(exc)))]
         loaded: dict[int, ServedModel] = {}
         statuses = []
         old, old_fp = keep or ({}, None)
@@ -583,7 +595,7 @@ class ModelRepository:
             except Exception as exc:
                 reason = str(exc) if isinstance(exc, DlinferError) else f"{type(exc).__name__}: {exc}"
                 log.error("model %s version %d failed to load: %s", name, v, reason)
-                statuses.append(VersionStatus(name, v, UNAVAILABLE, reason))
+                statuses.append(VersionStatus(name, v, UNAVAILABLE, self.client_text(reason)))
         return loaded, statuses
 
     def _load_version(self, name: str, version: int, cfg: ModelConfig) -> ServedModel:
@@ -596,7 +608,8 @@ class ModelRepository:
         platform = getattr(runner, "platform", "")
         try:
             warm_up(runner, cfg, mdir, f"model {name} version {version}")
-            return ServedModel(name, version, cfg, runner, self.plugins, platform, optimized=result.report())
+            optimized = [{**step, "reason": self.client_text(step["reason"])} for step in result.report()]
+            return ServedModel(name, version, cfg, runner, self.plugins, platform, optimized=optimized)
         except BaseException:
             runner.close()
             raise
