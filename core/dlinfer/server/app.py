@@ -21,6 +21,7 @@ from .access_log import LOGGER as ACCESS_LOGGER
 from .access_log import AccessLog
 from .grpc_server import start_grpc, stop_grpc
 from .memory import tune_malloc
+from .protocol_log import ProtocolLog
 from .tls import TlsFiles, tls_files
 
 log = logging.getLogger("dlinfer.server")
@@ -118,7 +119,8 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         raise
     except Exception as exc:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(DlinferError(f"internal error: {type(exc).__name__}: {exc}"))
+        message = request.app[REPOSITORY].client_text(f"internal error: {type(exc).__name__}: {exc}")
+        return error_response(DlinferError(message))
 
 
 async def _await_all(results: list[Any]) -> None:
@@ -165,6 +167,7 @@ async def start_http(app: web.Application) -> web.AppRunner:
         app,
         access_log=ACCESS_LOGGER if config.server.access_log else None,
         access_log_class=AccessLog,
+        logger=ProtocolLog(),
         handle_signals=False,
         handler_cancellation=True,
         shutdown_timeout=_RESPONSE_GRACE_S,

@@ -183,7 +183,7 @@ def _rpc(message: type) -> Callable[[Handler], Handler]:
                 err = exc
             except Exception as exc:
                 log.exception("unhandled error in %s", fn.__name__)
-                err = DlinferError(f"internal error: {type(exc).__name__}: {exc}")
+                err = DlinferError(self.repository.client_text(f"internal error: {type(exc).__name__}: {exc}"))
             await context.abort(grpc.StatusCode[err.grpc_code], err.message)
 
         return wrapper

@@ -50,7 +50,8 @@ class TFServing:
             code, message = grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {exc}"
         except Exception as exc:
             log.exception("TF-Serving gRPC request failed")
-            code, message = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+            message = self.repository.client_text(f"internal error: {type(exc).__name__}: {exc}")
+            code = grpc.StatusCode.INTERNAL
         await context.abort(code, message)
         raise AssertionError("unreachable")  # abort raises
 
