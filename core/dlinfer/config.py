@@ -131,6 +131,26 @@ class LimitsConfig:
         "Longest HTTP request line and longest header field; longer ones get HTTP 400.",
         validator=in_range(1024, 1 << 20),
     )
+    header_timeout_s: float = setting(
+        10.0,
+        "Seconds a client may take to send a request line and headers, from when its connection opens or its "
+        "next request's first byte arrives; a slower one gets 408 and is disconnected (one that sent nothing is "
+        "just disconnected). Also bounds TLS handshakes and the gRPC connection handshake.",
+        validator=in_range(0.01, kind="a number"),
+    )
+    idle_timeout_s: float = setting(
+        75.0,
+        "Seconds a keep-alive connection may sit idle between requests before it is closed (HTTP), or "
+        "without any call (gRPC).",
+        validator=in_range(0.01, kind="a number"),
+    )
+    max_connections: int = setting(
+        1000,
+        "Open connections per port (HTTP and gRPC each). At the limit a new HTTP connection displaces the "
+        "oldest one without a request in progress (idle, or still sending headers), or gets 503 if every "
+        "connection has one. Lowered at start to what the open-file limit allows.",
+        validator=in_range(1, 1 << 20),
+    )
 
 
 @attrs.frozen

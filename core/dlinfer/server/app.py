@@ -19,6 +19,7 @@ from ..plugins import Plugins
 from ..repository import ModelRepository
 from .access_log import LOGGER as ACCESS_LOGGER
 from .access_log import AccessLog
+from .connections import GuardedSite, connection_cap, raise_open_file_limit
 from .grpc_server import start_grpc, stop_grpc
 from .memory import tune_malloc
 from .protocol_log import ProtocolLog
@@ -159,29 +160,40 @@ def create_app(config: NodeConfig, plugins: Plugins | None = None) -> web.Applic
 
 
 async def start_http(app: web.Application) -> web.AppRunner:
-    """Listen on ``server.http_port`` (TLS when configured) with the node's HTTP settings."""
+    """Listen on ``server.http_port`` (TLS when configured) with the node's HTTP settings and
+    connection guards (header deadline, idle timeout, connection cap)."""
     config = app[CONFIG]
+    limits = config.limits
     tls = app[TLS]
+    handler_args: dict[str, Any] = {
+        "access_log": ACCESS_LOGGER if config.server.access_log else None,
+        "access_log_class": AccessLog,
+        "logger": ProtocolLog(),
+        "read_bufsize": _READ_BUFSIZE,
+        "max_line_size": limits.max_header_bytes,
+        "max_field_size": limits.max_header_bytes,
+        "keepalive_timeout": limits.idle_timeout_s,
+    }
     # handler_cancellation: a client that disconnects cancels its handler, which drops its queued work.
     runner = web.AppRunner(
-        app,
-        access_log=ACCESS_LOGGER if config.server.access_log else None,
-        access_log_class=AccessLog,
-        logger=ProtocolLog(),
-        handle_signals=False,
-        handler_cancellation=True,
-        shutdown_timeout=_RESPONSE_GRACE_S,
-        read_bufsize=_READ_BUFSIZE,
-        max_line_size=config.limits.max_header_bytes,
-        max_field_size=config.limits.max_header_bytes,
+        app, handle_signals=False, handler_cancellation=True, shutdown_timeout=_RESPONSE_GRACE_S, **handler_args
     )
     await runner.setup()
+    cap = connection_cap(limits.max_connections)
+    if cap < limits.max_connections:
+        log.warning(
+            "limits.max_connections = %d is more than the open-file limit allows; at most %d per port",
+            limits.max_connections,
+            cap,
+        )
     # A deep accept backlog: bursts of new connections get a 429 from the scheduler, not a reset.
-    site = web.TCPSite(
+    site = GuardedSite(
         runner,
         config.server.host,
         config.server.http_port,
-        reuse_address=True,
+        handler_args=handler_args,
+        header_timeout_s=limits.header_timeout_s,
+        max_connections=cap,
         backlog=2048,
         ssl_context=tls.context if tls else None,
     )
@@ -197,6 +209,7 @@ async def serve(config: NodeConfig, plugins: Plugins | None = None) -> None:
     """Run the node until SIGINT/SIGTERM, then drain and return."""
     if config.server.keep_freed_memory:
         tune_malloc()
+    raise_open_file_limit()
     app = create_app(config, plugins)
     runner = await start_http(app)
     scheme = "https" if app[TLS] else "http"

@@ -14,6 +14,7 @@ from ..config import NodeConfig
 from ..errors import ConfigError
 from ..plugins import Plugins
 from ..repository import ModelRepository
+from .connections import connection_cap
 from .tls import TlsFiles, grpc_credentials
 
 log = logging.getLogger("dlinfer.grpc")
@@ -27,12 +28,21 @@ async def start_grpc(
         return None
     import grpc
 
-    limit = config.limits.max_body_bytes
+    limits = config.limits
+    cap = connection_cap(limits.max_connections)
     server = grpc.aio.server(
         options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
+            ("grpc.max_receive_message_length", limits.max_body_bytes),
+            ("grpc.max_send_message_length", limits.max_body_bytes),
             ("grpc.so_reuseport", 0),
+            # The HTTP port's guards, in HTTP/2 terms: a connection must finish its handshake (TLS and
+            # the HTTP/2 preface) within the header deadline, and one without calls is closed when idle.
+            ("grpc.server_handshake_timeout_ms", round(limits.header_timeout_s * 1000)),
+            ("grpc.max_connection_idle_ms", round(limits.idle_timeout_s * 1000)),
+            ("grpc.max_allowed_incoming_connections", cap),
+            # One connection (e.g. a gateway's channel) may carry as many concurrent calls as the
+            # HTTP port has connections; by default the number is unbounded.
+            ("grpc.max_concurrent_streams", cap),
         ]
     )
     plugins.hook.dlinfer_grpc_services(server=server, repository=repository)
