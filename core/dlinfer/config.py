@@ -131,6 +131,14 @@ class LimitsConfig:
         "Longest HTTP request line and longest header field; longer ones get HTTP 400.",
         validator=in_range(1024, 1 << 20),
     )
+    max_inflight_body_bytes: int = setting(
+        1024 * MiB,
+        "Request bodies the node holds at once, all requests together (HTTP bodies reserved from "
+        "Content-Length before they are read, gRPC messages while processed); over it a request gets "
+        "HTTP 503 with Retry-After (gRPC UNAVAILABLE), its body unread. The default fits 16 bodies of "
+        "the default `max_body_bytes`.",
+        validator=in_range(1024),
+    )
     header_timeout_s: float = setting(
         10.0,
         "Seconds a client may take to send a request line and headers, from when its connection opens or its "

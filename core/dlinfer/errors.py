@@ -89,6 +89,14 @@ class Unavailable(DlinferError):
     grpc_code = "UNAVAILABLE"
 
 
+class BodyBudgetExhausted(Unavailable):
+    """Request bodies in flight already hold ``limits.max_inflight_body_bytes``; retry shortly."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class RequestTimeout(InvalidInput):
     """The client did not send the whole request in time (a stalled or slow-loris body)."""
 

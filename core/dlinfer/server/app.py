@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import signal
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -14,11 +15,12 @@ import orjson
 from aiohttp import web
 
 from ..config import NodeConfig
-from ..errors import DlinferError, PayloadTooLarge, RequestTimeout
+from ..errors import BodyBudgetExhausted, DlinferError, PayloadTooLarge, RequestTimeout
 from ..plugins import Plugins
 from ..repository import ModelRepository
 from .access_log import LOGGER as ACCESS_LOGGER
 from .access_log import AccessLog
+from .body_budget import BODY_BUDGET, BodyBudget, body_budget_middleware
 from .connections import GuardedSite, connection_cap, raise_open_file_limit
 from .grpc_server import start_grpc, stop_grpc
 from .memory import tune_malloc
@@ -64,19 +66,22 @@ TLS: web.AppKey[TlsFiles | None] = web.AppKey("tls")
 
 def error_response(exc: DlinferError) -> web.Response:
     """The one place a :class:`DlinferError` becomes an HTTP response."""
+    retry = getattr(exc, "retry_after_s", None)
     return web.Response(
         status=exc.http_status,
         body=orjson.dumps({"error": exc.message}),
         content_type="application/json",
+        headers={"Retry-After": str(math.ceil(retry))} if retry is not None else None,
     )
 
 
 def _body_left_unread(request: web.Request, exc: DlinferError) -> bool:
-    """Whether the request failed on its body (undecodable, too large, too slow) with part of it unread."""
+    """Whether the request failed on its body (undecodable, too large, too slow, no room for it) with part
+    of it unread."""
     content = request.content
     if content.at_eof():
         return False
-    return content.exception() is not None or isinstance(exc, PayloadTooLarge | RequestTimeout)
+    return content.exception() is not None or isinstance(exc, PayloadTooLarge | RequestTimeout | BodyBudgetExhausted)
 
 
 async def _answer_and_close(request: web.Request, response: web.Response) -> web.Response:
@@ -135,7 +140,10 @@ def create_app(config: NodeConfig, plugins: Plugins | None = None) -> web.Applic
     if plugins is None:
         plugins = Plugins(config).load()
     plugins.check_registries()
-    app = web.Application(client_max_size=config.limits.max_body_bytes, middlewares=[error_middleware])
+    # The body budget inside error_middleware, which turns its refusal into a 503.
+    middlewares = [error_middleware, body_budget_middleware]
+    app = web.Application(client_max_size=config.limits.max_body_bytes, middlewares=middlewares)
+    app[BODY_BUDGET] = budget = BodyBudget(config.limits.max_inflight_body_bytes, config.limits.max_body_bytes)
     app[TLS] = tls = tls_files(config)
     repository = ModelRepository(config, plugins)
     app[CONFIG] = config
@@ -147,7 +155,7 @@ def create_app(config: NodeConfig, plugins: Plugins | None = None) -> web.Applic
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await _await_all(plugins.hook.dlinfer_startup(app=app))
         await repository.start()
-        grpc_server = await start_grpc(config, plugins, repository, tls)
+        grpc_server = await start_grpc(config, plugins, repository, tls, budget)
         app[STATE].started = True
         yield
         app[STATE].draining = True

@@ -14,6 +14,7 @@ from ..config import NodeConfig
 from ..errors import ConfigError
 from ..plugins import Plugins
 from ..repository import ModelRepository
+from .body_budget import BodyBudget
 from .connections import connection_cap
 from .tls import TlsFiles, grpc_credentials
 
@@ -21,16 +22,26 @@ log = logging.getLogger("dlinfer.grpc")
 
 
 async def start_grpc(
-    config: NodeConfig, plugins: Plugins, repository: ModelRepository, tls: TlsFiles | None = None
+    config: NodeConfig,
+    plugins: Plugins,
+    repository: ModelRepository,
+    tls: TlsFiles | None = None,
+    budget: BodyBudget | None = None,
 ) -> Any | None:
-    """Build, populate and start the gRPC server (over TLS with ``tls``); None when no plugin adds a service."""
+    """Build, populate and start the gRPC server (over TLS with ``tls``); None when no plugin adds a service.
+
+    ``budget``: the HTTP port's request body budget, shared so both ports together stay within it.
+    """
     if not plugins.hook.dlinfer_grpc_services.get_hookimpls():
         return None
     import grpc
 
+    from .grpc_budget import GrpcBodyBudget
+
     limits = config.limits
     cap = connection_cap(limits.max_connections)
     server = grpc.aio.server(
+        interceptors=[GrpcBodyBudget(budget)] if budget else None,
         options=[
             ("grpc.max_receive_message_length", limits.max_body_bytes),
             ("grpc.max_send_message_length", limits.max_body_bytes),
@@ -43,7 +54,7 @@ async def start_grpc(
             # One connection (e.g. a gateway's channel) may carry as many concurrent calls as the
             # HTTP port has connections; by default the number is unbounded.
             ("grpc.max_concurrent_streams", cap),
-        ]
+        ],
     )
     plugins.hook.dlinfer_grpc_services(server=server, repository=repository)
     address = f"{config.server.host}:{config.server.grpc_port}"
