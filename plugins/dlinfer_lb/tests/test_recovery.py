@@ -79,7 +79,8 @@ def test_restarted_node_gets_its_share_within_seconds(strategy, nodes, start_gat
     nodes.start(2)
     back = time.monotonic()
     helpers.wait_for(lambda: helpers.nodes_status(gw.url)[victim]["admitted"], what="the node's re-admission")
-    assert helpers.send(gw.url, "linear", 90, concurrency=3).count(200) == 90
+    assert helpers.send(gw.url, "linear", 150, concurrency=3).count(200) == 150
     got = nodes.counts()
-    assert got[2] >= 20, got  # a third would be 30
+    # A third would be 50; p2c leans to whichever node answered a little faster, so ask for half of that.
+    assert got[2] >= 25, got
     assert time.monotonic() - back < 10
