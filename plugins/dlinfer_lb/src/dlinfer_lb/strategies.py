@@ -128,9 +128,9 @@ class PeakEwma(Strategy):
 
     Failures are no latency samples: a refused connection says nothing about
     how fast a node answers, and its absence is the health checks' and the
-    outlier ejection's business (counted as a deadline-long answer, it kept a
-    restarted node idle for a minute). A node that hangs is avoided anyway,
-    by its outstanding requests.
+    outlier ejection's business (counted as a deadline-long answer, a failure
+    would keep a restarted node idle for a minute). A node that hangs is
+    avoided anyway, by its outstanding requests.
     """
 
     name = "p2c"
@@ -143,29 +143,30 @@ class PeakEwma(Strategy):
         held = self._ewma.get(node.url)
         return held if held is not None and held[1] >= node.admitted_since() else None
 
-    def typical(self, node: Any, candidates: Sequence[Any]) -> float:
-        """The median estimate of the other candidates that have one (0 when none has)."""
-        known = [held[0] for n in candidates if n is not node and (held := self._held(n)) is not None]
-        return statistics.median(known) if known else 0.0
+    def _known(self, candidates: Sequence[Any]) -> dict[str, tuple[float, float]]:
+        """The candidates' (estimate, when) learnt since their last admission, by url."""
+        return {n.url: held for n in candidates if (held := self._held(n)) is not None}
 
     def estimate(self, node: Any, candidates: Sequence[Any], now: float) -> float:
         """The node's latency estimate at ``now``, among ``candidates``."""
-        typical = self.typical(node, candidates)
-        held = self._held(node)
+        return self._estimate(node, self._known(candidates), now)
+
+    def _estimate(self, node: Any, known: dict[str, tuple[float, float]], now: float) -> float:
+        others = [est for url, (est, _) in known.items() if url != node.url]
+        typical = statistics.median(others) if others else 0.0
+        held = known.get(node.url)
         if held is None:
             return typical
         est, when = held
         return typical + (est - typical) * math.exp(-(now - when) / self.policy.ewma_decay_s)
 
-    def cost(self, node: Any, candidates: Sequence[Any], now: float) -> float:
-        return self.estimate(node, candidates, now) * (node.outstanding + 1)
-
     def pick(self, model: str, candidates: Sequence[Any], request: Any) -> Any:
         if len(candidates) == 1:
             return candidates[0]
         a, b = random.sample(list(candidates), 2)
-        now = self.clock()
-        return a if self.cost(a, candidates, now) <= self.cost(b, candidates, now) else b
+        now, known = self.clock(), self._known(candidates)
+        cost_a = self._estimate(a, known, now) * (a.outstanding + 1)
+        return a if cost_a <= self._estimate(b, known, now) * (b.outstanding + 1) else b
 
     def observe(self, node: Any, outcome: str, latency_s: float) -> None:
         if outcome != SUCCESS:
