@@ -14,11 +14,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import orjson
 import pytest
@@ -124,6 +126,61 @@ def test_drain_timeout_bounds_shutdown(tmp_path: Path) -> None:
             assert node.proc.wait(timeout=60) == 0
             with pytest.raises(requests.ConnectionError):
                 fut.result()  # the request outlived the drain timeout: its connection was closed
+    finally:
+        node.stop()
+
+
+def grpc_infer(port: int, model: str, x: np.ndarray) -> grpc.StatusCode:
+    """One V2 gRPC inference; the status it ended with."""
+    import tritonclient.grpc as tgrpc
+    from tritonclient.utils import InferenceServerException
+
+    client = tgrpc.InferenceServerClient(f"127.0.0.1:{port}")
+    inp = tgrpc.InferInput("x", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    try:
+        client.infer(model, [inp], client_timeout=60)
+        return grpc.StatusCode.OK
+    except InferenceServerException as exc:
+        assert "server is shutting down" in exc.message(), exc.message()
+        return getattr(grpc.StatusCode, exc.status().removeprefix("StatusCode."))
+    finally:
+        client.close()
+
+
+def test_requests_still_queued_at_the_drain_timeout_get_503(tmp_path: Path) -> None:
+    """At the drain timeout, queued requests would never run: each is answered 503 / UNAVAILABLE
+    before the port closes, on the direct scheduler and the batcher alike."""
+    root = tmp_path / "models"
+    for name, batching in (("direct", None), ("batched", {})):
+        cfg: dict[str, Any] = {"max_batch_size": 1, "instance_count": 1, "parameters": {"delay_s": 3.0}}
+        if batching is not None:
+            cfg["dynamic_batching"] = batching
+        write_model(root, name, 1, SLOW, config=cfg)
+    node = NodeProcess(root, tmp_path, drain_timeout_s=0.5)
+    grpc_port = tomllib.loads((tmp_path / "node.toml").read_text())["server"]["grpc_port"]
+    x = np.ones((1, 2), np.float32)
+
+    def inflight(model: str) -> float:
+        return metric(node.url, "dlinfer_inference_inflight_request_count", model)
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            running = [pool.submit(post, node.url, m, x) for m in ("direct", "batched")]
+            wait_for(lambda: inflight("direct") == 1 and inflight("batched") == 1, "one running request per model")
+            queued = [pool.submit(post, node.url, m, x) for m in ("direct", "batched") for _ in range(2)]
+            queued_grpc = [pool.submit(grpc_infer, grpc_port, m, x) for m in ("direct", "batched")]
+            wait_for(lambda: inflight("direct") == 4 and inflight("batched") == 4, "three requests queued per model")
+            node.proc.send_signal(signal.SIGTERM)
+            for fut in queued:
+                resp = fut.result()
+                assert resp.status_code == 503, resp.text
+                assert resp.json() == {"error": "server is shutting down"}
+            assert [f.result() for f in queued_grpc] == [grpc.StatusCode.UNAVAILABLE] * 2
+            for fut in running:  # running past the timeout: cut off, as before
+                with pytest.raises(requests.ConnectionError):
+                    fut.result()
+        assert node.proc.wait(timeout=60) == 0
     finally:
         node.stop()
 

@@ -194,20 +194,24 @@ class InstancePool:
         except RuntimeError:  # the loop is closed: nobody waits for this call any more
             pass
 
-    def close(self) -> None:
-        """Refuse queued calls, let running ones return, stop the workers.
-
-        A ``take`` source must raise :class:`Stopped` from then on itself.
-        """
-        self._closed = True
+    def refuse_queued(self, error: Exception) -> None:
+        """Answer every call still queued with ``error``; running calls go on."""
         while True:
             try:
                 call = self._calls.get_nowait()
             except queue.Empty:
                 break
             if call is not None and self.withdraw(call) == QUEUED:
-                call.error = Unavailable("the model is being unloaded")
+                call.error = error
                 self._settle(call)
+
+    def close(self) -> None:
+        """Refuse queued calls, let running ones return, stop the workers.
+
+        A ``take`` source must raise :class:`Stopped` from then on itself.
+        """
+        self._closed = True
+        self.refuse_queued(Unavailable("the model is being unloaded"))
         for _ in self._threads:
             self._calls.put(None)
         for t in self._threads:
@@ -279,6 +283,10 @@ class DirectScheduler:
             fut.set_exception(call.error)
         else:
             fut.set_result(call.outputs)
+
+    def refuse_queued(self, error: Exception) -> None:
+        """Answer every request still waiting for an instance with ``error``; running ones go on."""
+        self.pool.refuse_queued(error)
 
     async def aclose(self) -> None:
         """Nothing runs on the loop between requests."""
@@ -516,14 +524,20 @@ class DynamicBatcher:
                 it.future.set_result({k: v[start : start + it.rows] for k, v in outputs.items()})
             start += it.rows
 
+    def refuse_queued(self, error: Exception) -> None:
+        """Answer every request still waiting for a batch with ``error`` (on the event loop);
+        running batches go on."""
+        with self._cond:
+            for it in self._queue:
+                it.state = WITHDRAWN
+                _fail(it.future, error)
+            self._queue.clear()
+
     async def aclose(self) -> None:
         """Stop the batcher; queued requests are refused."""
         with self._cond:
             self._closed = True
-            for it in self._queue:
-                it.state = WITHDRAWN
-                _fail(it.future, Unavailable(f"model {self.name!r} is being unloaded"))
-            self._queue.clear()
+            self.refuse_queued(Unavailable(f"model {self.name!r} is being unloaded"))
             self._cond.notify_all()
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ import orjson
 from aiohttp import web
 
 from ..config import NodeConfig
-from ..errors import BodyBudgetExhausted, DlinferError, PayloadTooLarge, RequestTimeout
+from ..errors import BodyBudgetExhausted, DlinferError, PayloadTooLarge, RequestTimeout, Unavailable
 from ..plugins import Plugins
 from ..repository import ModelRepository
 from .access_log import LOGGER as ACCESS_LOGGER
@@ -233,7 +233,11 @@ async def serve(config: NodeConfig, plugins: Plugins | None = None) -> None:
         app[STATE].draining = True
         left = await drain(app[REPOSITORY], config.server.drain_timeout_s)
         if left:
-            log.warning("drain timeout %.1f s passed with %d requests in flight", config.server.drain_timeout_s, left)
+            log.warning(
+                "drain timeout %.1f s passed with %d requests in flight; the queued ones were refused",
+                config.server.drain_timeout_s,
+                left,
+            )
         try:
             await asyncio.wait_for(runner.cleanup(), timeout=config.server.drain_timeout_s + 2 * _RESPONSE_GRACE_S)
         except TimeoutError:
@@ -253,10 +257,15 @@ async def drain(repository: ModelRepository, timeout_s: float) -> int:
     """Wait until no model has a request in flight, at most ``timeout_s``; return how many are left.
 
     While draining, readiness is false and new inference requests are refused
-    with 503, so the count only goes down.
+    with 503, so the count only goes down. Requests still queued at the timeout
+    would never run: they are answered 503 / ``UNAVAILABLE`` here, while the
+    ports are still open; running ones are left to the shutdown.
     """
     loop = asyncio.get_running_loop()
     until = loop.time() + timeout_s
     while (left := sum(m.inflight for m in repository.loaded())) and loop.time() < until:
         await asyncio.sleep(0.02)
+    if left:
+        for model in repository.loaded():
+            model.scheduler.refuse_queued(Unavailable("server is shutting down"))
     return left
