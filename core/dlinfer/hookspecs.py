@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .model import Loader, ModelConfig, Runner
     from .plugins import Plugins
     from .repository import ModelRepository, ServedModel
+    from .server.app import NodeState
 
 hookspec = pluggy.HookspecMarker("dlinfer")
 
@@ -231,10 +232,14 @@ def dlinfer_routes(app: web.Application, repository: ModelRepository) -> None:
 
 
 @hookspec
-def dlinfer_grpc_services(server: Any, repository: ModelRepository) -> None:
+def dlinfer_grpc_services(server: Any, repository: ModelRepository, state: NodeState) -> None:
     """Add servicers to the node's ``grpc.aio`` server (V2 itself, TF-Serving's
     PredictionService, ...). Called once before the gRPC server starts; handlers
     must not block the event loop.
+
+    ``state`` is the node's readiness (``state.ready``, ``state.ready_model(name,
+    version)``): health methods answer from it, so they agree with HTTP's
+    ``/v2/health/ready`` while the node starts or drains.
     """
 
 

@@ -15,9 +15,16 @@ import orjson
 from aiohttp import web
 
 from ..config import NodeConfig
-from ..errors import BodyBudgetExhausted, DlinferError, PayloadTooLarge, RequestTimeout, Unavailable
+from ..errors import (
+    BodyBudgetExhausted,
+    DlinferError,
+    ModelNotReady,
+    PayloadTooLarge,
+    RequestTimeout,
+    Unavailable,
+)
 from ..plugins import Plugins
-from ..repository import ModelRepository
+from ..repository import ModelRepository, ServedModel
 from .access_log import LOGGER as ACCESS_LOGGER
 from .access_log import AccessLog
 from .body_budget import BODY_BUDGET, BodyBudget, body_budget_middleware
@@ -32,7 +39,8 @@ log = logging.getLogger("dlinfer.server")
 
 @attrs.define
 class NodeState:
-    """Readiness of the node as a whole.
+    """Readiness of the node as a whole: the one place every frontend's health answers come from
+    (HTTP here, gRPC through ``dlinfer_grpc_services``), so they agree while it starts or drains.
 
     ``draining`` lives on the repository, where every frontend's ``admit()``
     reads it, so HTTP, gRPC and plugin frontends refuse new requests alike.
@@ -52,8 +60,27 @@ class NodeState:
         self.repository.draining = value
 
     @property
+    def not_ready_reason(self) -> str:
+        """Why the node is not ready; empty when it is."""
+        if self.draining:
+            return "server is shutting down"
+        if not self.started:
+            return "server is starting"
+        if not all(check() for check in self.checks):
+            return "server is not ready"
+        return ""
+
+    @property
     def ready(self) -> bool:
-        return self.started and not self.draining and all(check() for check in self.checks)
+        return not self.not_ready_reason
+
+    def ready_model(self, name: str, version: str | int | None = None) -> ServedModel:
+        """The model version a model-ready check reports on: unknown ones raise as in
+        ``repository.get``, and every one is :class:`ModelNotReady` while the node is not ready."""
+        model = self.repository.get(name, version)
+        if reason := self.not_ready_reason:
+            raise ModelNotReady(reason)
+        return model
 
 
 CONFIG = web.AppKey("config", NodeConfig)
@@ -155,7 +182,7 @@ def create_app(config: NodeConfig, plugins: Plugins | None = None) -> web.Applic
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await _await_all(plugins.hook.dlinfer_startup(app=app))
         await repository.start()
-        grpc_server = await start_grpc(config, plugins, repository, tls, budget)
+        grpc_server = await start_grpc(config, plugins, repository, tls, budget, state=app[STATE])
         app[STATE].started = True
         yield
         app[STATE].draining = True

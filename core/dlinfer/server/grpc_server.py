@@ -8,7 +8,7 @@ service the gRPC port is not opened.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import NodeConfig
 from ..errors import ConfigError
@@ -17,6 +17,9 @@ from ..repository import ModelRepository
 from .body_budget import BodyBudget
 from .connections import connection_cap
 from .tls import TlsFiles, grpc_credentials
+
+if TYPE_CHECKING:
+    from .app import NodeState
 
 log = logging.getLogger("dlinfer.grpc")
 
@@ -27,10 +30,13 @@ async def start_grpc(
     repository: ModelRepository,
     tls: TlsFiles | None = None,
     budget: BodyBudget | None = None,
+    *,
+    state: NodeState,
 ) -> Any | None:
     """Build, populate and start the gRPC server (over TLS with ``tls``); None when no plugin adds a service.
 
     ``budget``: the HTTP port's request body budget, shared so both ports together stay within it.
+    ``state``: the node's readiness, which the services' health methods answer from.
     """
     if not plugins.hook.dlinfer_grpc_services.get_hookimpls():
         return None
@@ -56,7 +62,7 @@ async def start_grpc(
             ("grpc.max_concurrent_streams", cap),
         ],
     )
-    plugins.hook.dlinfer_grpc_services(server=server, repository=repository)
+    plugins.hook.dlinfer_grpc_services(server=server, repository=repository, state=state)
     address = f"{config.server.host}:{config.server.grpc_port}"
     try:
         port = server.add_secure_port(address, grpc_credentials(tls)) if tls else server.add_insecure_port(address)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -30,6 +30,9 @@ from ..repository import ModelRepository, ServedModel, check_name
 from .guards import check_control, check_limits, timeout_s, version_arg
 from .model_config import extension_config
 from .proto import inference_pb2 as pb
+
+if TYPE_CHECKING:
+    from .app import NodeState
 
 log = logging.getLogger("dlinfer.grpc")
 
@@ -201,8 +204,9 @@ def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
 class V2Servicer:
     """The V2 gRPC methods over one :class:`ModelRepository`."""
 
-    def __init__(self, repository: ModelRepository) -> None:
+    def __init__(self, repository: ModelRepository, state: NodeState) -> None:
         self.repository = repository
+        self.state = state
         self.config = repository.config
 
     @_rpc(pb.ServerLiveRequest)
@@ -211,13 +215,12 @@ class V2Servicer:
 
     @_rpc(pb.ServerReadyRequest)
     async def ServerReady(self, request: Any, context: Any) -> Any:
-        # The gRPC server starts after the startup models and stops first on drain.
-        return pb.ServerReadyResponse(ready=True)
+        return pb.ServerReadyResponse(ready=self.state.ready)
 
     @_rpc(pb.ModelReadyRequest)
     async def ModelReady(self, request: Any, context: Any) -> Any:
         try:
-            self.repository.get(check_name(request.name), version_arg(request.version))
+            self.state.ready_model(check_name(request.name), version_arg(request.version))
         except ModelNotReady:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
@@ -301,5 +304,5 @@ class V2Servicer:
 
 
 @hookimpl
-def dlinfer_grpc_services(server: Any, repository: ModelRepository) -> None:
-    server.add_generic_rpc_handlers((V2Servicer(repository).handler(),))
+def dlinfer_grpc_services(server: Any, repository: ModelRepository, state: NodeState) -> None:
+    server.add_generic_rpc_handlers((V2Servicer(repository, state).handler(),))

@@ -80,8 +80,9 @@ async def model_metadata(request: web.Request) -> web.Response:
 @routes.get("/v2/models/{model}/ready")
 @routes.get("/v2/models/{model}/versions/{version}/ready")
 async def model_ready(request: web.Request) -> web.Response:
+    name = check_name(request.match_info["model"])
     try:
-        model = _model(request)
+        model = request.app[STATE].ready_model(name, version_arg(request.match_info.get("version")))
     except ModelNotReady as exc:
         return json_response({"name": request.match_info["model"], "ready": False, "error": exc.message}, 400)
     return json_response({"name": model.name, "ready": True})

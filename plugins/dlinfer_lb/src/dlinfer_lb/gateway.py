@@ -339,6 +339,9 @@ async def model_metadata(request: web.Request) -> web.StreamResponse:
 async def model_ready(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     model, version = _model_args(request)
+    state = request.app[STATE]
+    if state.draining:
+        return json_response({"name": model, "ready": False, "error": state.not_ready_reason}, 400)
     if gw.membership.candidates(model, version, time.monotonic()):
         return json_response({"name": model, "ready": True})
     exc = gw.proxy.no_candidate(model, version)

@@ -111,9 +111,12 @@ class GrpcGateway:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
+        #: The node's readiness (``dlinfer.server.app.NodeState``), given with the hook call.
+        self.state: Any = None
 
     @hookimpl
-    def dlinfer_grpc_services(self, server: Any, repository: Any) -> None:
+    def dlinfer_grpc_services(self, server: Any, repository: Any, state: Any) -> None:
+        self.state = state
         local: dict[str, tuple[type, Callable[[Any, Any], Awaitable[Any]]]] = {
             "ServerLive": (pb.ServerLiveRequest, self.server_live),
             "ServerReady": (pb.ServerReadyRequest, self.server_ready),
@@ -138,11 +141,12 @@ class GrpcGateway:
         return pb.ServerLiveResponse(live=True)
 
     async def server_ready(self, request: Any, context: Any) -> Any:
-        return pb.ServerReadyResponse(ready=self.gw.ready())
+        return pb.ServerReadyResponse(ready=self.state.ready)  # the gateway's own check is one of the state's
 
     async def model_ready(self, request: Any, context: Any) -> Any:
         model, version = _model_args(request.name, request.version)
-        return pb.ModelReadyResponse(ready=bool(self.gw.membership.candidates(model, version, time.monotonic())))
+        ready = not self.state.draining and bool(self.gw.membership.candidates(model, version, time.monotonic()))
+        return pb.ModelReadyResponse(ready=ready)
 
     async def server_metadata(self, request: Any, context: Any) -> Any:
         return pb.ServerMetadataResponse(name=self.gw.config.server.name, version=__version__, extensions=EXTENSIONS)
