@@ -116,6 +116,12 @@ class LimitsConfig:
         64, "Batch limit for models whose config does not set `max_batch_size`.", validator=in_range(1)
     )
     max_queue_size: int = setting(256, "Requests waiting per model before HTTP 429.", validator=in_range(1))
+    max_queue_wait_ms: float = setting(
+        1000.0,
+        "Refuse (HTTP 429) a request whose expected wait in its model's queue, estimated from recent service "
+        "times, is over this; `0`: the count limit only. Keeps admitted latency bounded under overload.",
+        validator=in_range(0, kind="a number"),
+    )
     max_tensor_elements: int = setting(
         64 * MiB,
         "Elements of one request tensor, checked from its shape before the request is queued.",

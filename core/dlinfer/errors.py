@@ -69,10 +69,17 @@ class PayloadTooLarge(InvalidInput):
 
 
 class Overloaded(DlinferError):
-    """The model's queue is full; the client should back off and retry."""
+    """The model's queue is full; the client should back off and retry.
+
+    ``retry_after_s``: about when the queue will have room (HTTP ``Retry-After``).
+    """
 
     http_status = 429
     grpc_code = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class DeadlineExceeded(DlinferError):

@@ -139,6 +139,11 @@ class ModelConfig:
     max_queue_size: int | None = setting(
         None, "Queue bound for this model; absent: the node's `limits.max_queue_size`.", validator=in_range(1)
     )
+    max_queue_wait_ms: float | None = setting(
+        None,
+        "Expected-wait bound for this model's queue (`0`: none); absent: the node's `limits.max_queue_wait_ms`.",
+        validator=in_range(0, kind="a number"),
+    )
     dynamic_batching: DynamicBatching | None = setting(None, "Merge concurrent requests into batches.")
     optimize: tuple[str, ...] = setting(
         (),

@@ -19,7 +19,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -133,7 +133,8 @@ class ServedModel:
         self.preprocess = _resolve_processors(plugins, config.preprocess)
         self.postprocess = _resolve_processors(plugins, config.postprocess)
         self._describe_processed_tensors()
-        self.scheduler = self._make_scheduler(config.max_queue_size or limits.max_queue_size)
+        wait_ms = limits.max_queue_wait_ms if config.max_queue_wait_ms is None else config.max_queue_wait_ms
+        self.scheduler = self._make_scheduler(config.max_queue_size or limits.max_queue_size, wait_ms / 1000)
         self.stats = ModelStats()
         #: What the ``optimize`` pipeline did, step by step (see ``PipelineResult.report``).
         self.optimized = optimized or []
@@ -142,7 +143,7 @@ class ServedModel:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def _make_scheduler(self, max_queue_size: int) -> Scheduler:
+    def _make_scheduler(self, max_queue_size: int, max_queue_wait_s: float) -> Scheduler:
         """A dynamic batcher when the model batches and has ``[dynamic_batching]``; else the direct path."""
         label = f"{self.name}:{self.version}"
         batching = self.config.dynamic_batching
@@ -155,8 +156,9 @@ class ServedModel:
                 self.max_batch_size,
                 batching.preferred_batch_size,
                 batching.max_queue_delay_us,
+                max_queue_wait_s,
             )
-        return DirectScheduler(label, self._run, self.config.instance_count, max_queue_size)
+        return DirectScheduler(label, self._run, self.config.instance_count, max_queue_size, max_queue_wait_s)
 
     # ------------------------------------------------------------ description
 
@@ -279,14 +281,14 @@ class ServedModel:
             outputs = proc(outputs, self.config)
         return outputs
 
-    def refuse_if_full(self) -> None:
-        """Raise :class:`Overloaded` now if the queue is full.
+    def refuse_if_full(self, pending: int = 0) -> None:
+        """Raise :class:`Overloaded` now if the queue (with ``pending`` admitted requests) is full.
 
         Frontends call it before reading a request body, so a refused request
         costs no decoding; ``infer`` checks again when the request is queued.
         """
         try:
-            self.scheduler.refuse_if_full()
+            self.scheduler.refuse_if_full(pending)
         except Overloaded:
             for o in self.scheduler.observers:
                 o.finished("overloaded", 0.0)
@@ -648,8 +650,21 @@ class ModelRepository:
         if self.draining:
             raise Unavailable("server is shutting down")
         model = self.get(name, version)
-        model.refuse_if_full()
+        model.refuse_if_full(model.scheduler.pending)
         return model
+
+    @contextlib.contextmanager
+    def admitted(self, name: str, version: str | int | None = None) -> Iterator[ServedModel]:
+        """:meth:`admit` for a request whose body is still to be read and decoded: inside the
+        block it counts as queued for the next admissions (the count and the expected wait), so a
+        burst of large bodies cannot all be admitted while the queue still looks short."""
+        model = self.admit(name, version)
+        scheduler = model.scheduler
+        scheduler.pending += 1
+        try:
+            yield model
+        finally:
+            scheduler.pending -= 1
 
     def get(self, name: str, version: str | int | None = None) -> ServedModel:
         """The served model version (latest loaded when ``version`` is None)."""

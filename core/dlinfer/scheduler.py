@@ -11,10 +11,19 @@ threads, one framework call per instance at a time, never on the event loop):
   outputs back per request, in order.
 
 A full queue is refused at once (:class:`Overloaded`) so clients back off
-instead of piling up. A request whose deadline passes while it waits is
-dropped from the queue before it reaches the model (:class:`DeadlineExceeded`);
-a request whose caller goes away (client disconnect cancels the handler) is
-dropped the same way. The queues are shared with the instance threads, which
+instead of piling up. "Full" is a count (``max_queue_size``) and a time: a
+request is refused when the wait it would have, estimated from the model's
+recent service times (:class:`WaitEstimate`), is over ``max_queue_wait_s``. The
+time bound keeps admitted latency near the bound whatever the model's speed, so
+under overload the queue does not grow into waits that outlast the clients'
+own timeouts (work done for a client that gave up is goodput lost). Requests
+admitted by a frontend but still being read or decoded count as ``pending``, so
+a burst of large bodies cannot all pass admission while the queue looks short.
+
+A request whose deadline passes while it waits is dropped from the queue
+before it reaches the model (:class:`DeadlineExceeded`); a request whose
+caller goes away (client disconnect cancels the handler) is dropped the same
+way. The queues are shared with the instance threads, which
 take their next call (or form their next batch) themselves as soon as one
 returns; the event loop only adds requests, withdraws abandoned ones and
 answers finished calls.
@@ -74,6 +83,46 @@ class Call:
     error: BaseException | None = None
     queue_s: float = 0.0
     compute_s: float = 0.0
+
+
+class WaitEstimate:
+    """How long a new request would wait, from recent service times (event loop only).
+
+    ``per_unit_s`` is a moving average of the seconds one unit of queued work
+    (a call for the direct scheduler, a batch row for the batcher) keeps an
+    instance busy; the expected wait of a request is the work queued ahead of
+    it spread over the instances. No estimate before the first call finishes.
+    """
+
+    #: Weight of the newest sample: about the last twenty calls count.
+    ALPHA = 0.1
+
+    def __init__(self, instance_count: int) -> None:
+        self.instance_count = instance_count
+        self.per_unit_s = 0.0
+
+    def observe(self, units: int, compute_s: float) -> None:
+        sample = compute_s / max(units, 1)
+        self.per_unit_s = sample if not self.per_unit_s else self.per_unit_s + self.ALPHA * (sample - self.per_unit_s)
+
+    def wait_s(self, units_ahead: int) -> float:
+        return units_ahead * self.per_unit_s / self.instance_count
+
+
+def _overloaded(name: str, queued: int, limit: int, wait_s: float, max_wait_s: float) -> Overloaded | None:
+    """The refusal for a model with ``queued`` requests ahead, or None when there is room."""
+    if queued >= limit:
+        return Overloaded(
+            f"model {name!r} is overloaded: {queued} requests queued (queue limit {limit}); retry later",
+            retry_after_s=max(wait_s, 1.0),
+        )
+    if max_wait_s and queued and wait_s > max_wait_s:
+        return Overloaded(
+            f"model {name!r} is overloaded: a new request would wait about {wait_s * 1000:.0f} ms "
+            f"(limit {max_wait_s * 1000:.0f} ms, {queued} requests queued); retry later",
+            retry_after_s=wait_s,
+        )
+    return None
 
 
 class Stopped(Exception):
@@ -230,24 +279,37 @@ def _deadline_timeout(deadline: float | None) -> asyncio.Timeout:
 class DirectScheduler:
     """Runs each request as its own call on a free instance, FIFO when all are busy."""
 
-    def __init__(self, name: str, run: Callable[[Batch], Batch], instance_count: int, max_queue_size: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        run: Callable[[Batch], Batch],
+        instance_count: int,
+        max_queue_size: int,
+        max_queue_wait_s: float = 0.0,
+    ) -> None:
         self.name = name
         self.pool = InstancePool(name, instance_count, run)
         self.max_queue_size = max_queue_size
+        self.max_queue_wait_s = max_queue_wait_s
+        self.estimate = WaitEstimate(instance_count)
+        #: Requests admitted by a frontend and not yet submitted (body still being read or decoded).
+        self.pending = 0
         self.observers: list[Observer] = []
 
     @property
     def queued(self) -> int:
-        """Requests waiting for an instance."""
-        return self.pool.backlog
+        """Requests waiting for an instance, and admitted ones still being read."""
+        return self.pool.backlog + self.pending
 
-    def refuse_if_full(self) -> None:
-        """Raise :class:`Overloaded` if every instance is busy and the queue is full."""
-        if self.pool.backlog >= self.max_queue_size:
-            raise Overloaded(
-                f"model {self.name!r} is overloaded: {self.pool.backlog} requests queued "
-                f"(queue limit {self.max_queue_size}); retry later"
-            )
+    def refuse_if_full(self, pending: int = 0) -> None:
+        """Raise :class:`Overloaded` if the queue (plus ``pending`` requests about to join it) is
+        full by count, or a new request would wait longer than ``max_queue_wait_s``."""
+        ahead = self.pool.backlog + pending
+        # Every instance busy: the new request waits for one of them too.
+        busy = self.pool.waiting + self.pool.running + pending >= self.pool.instance_count
+        wait = self.estimate.wait_s(ahead + busy)
+        if exc := _overloaded(self.name, ahead, self.max_queue_size, wait, self.max_queue_wait_s):
+            raise exc
 
     async def submit(self, inputs: Batch, deadline: float | None = None) -> Batch:
         """Run ``inputs`` through the model; ``deadline`` is a ``time.monotonic()`` value."""
@@ -270,6 +332,7 @@ class DirectScheduler:
     def _done(self, call: Call, fut: asyncio.Future[Batch]) -> None:
         """On the loop: record the call (also one whose caller stopped waiting) and answer the caller."""
         if call.state == DONE:
+            self.estimate.observe(1, call.compute_s)
             for o in self.observers:
                 o.queued(call.queue_s)
             if call.error is None:
@@ -358,9 +421,16 @@ class DynamicBatcher:
         max_batch_size: int,
         preferred_batch_size: tuple[int, ...] = (),
         max_queue_delay_us: int = 0,
+        max_queue_wait_s: float = 0.0,
     ) -> None:
         self.name = name
         self.max_queue_size = max_queue_size
+        self.max_queue_wait_s = max_queue_wait_s
+        self.estimate = WaitEstimate(instance_count)
+        #: Requests admitted by a frontend and not yet submitted (body still being read or decoded).
+        self.pending = 0
+        #: Batch rows queued (under the condition; read without it as an estimate).
+        self._rows = 0
         self.max_batch_size = max_batch_size
         preferred = {p for p in preferred_batch_size if 0 < p <= max_batch_size}
         self.preferred = frozenset(preferred or {max_batch_size})
@@ -374,8 +444,8 @@ class DynamicBatcher:
 
     @property
     def queued(self) -> int:
-        """Requests waiting for a batch."""
-        return len(self._queue)
+        """Requests waiting for a batch, and admitted ones still being read."""
+        return len(self._queue) + self.pending
 
     async def submit(self, inputs: Batch, deadline: float | None = None) -> Batch:
         """Queue ``inputs`` for the next batch; ``deadline`` is a ``time.monotonic()`` value."""
@@ -388,6 +458,7 @@ class DynamicBatcher:
         )
         with self._cond:
             self._queue.append(item)
+            self._rows += item.rows
             self._cond.notify()
         try:
             if deadline is None:
@@ -402,14 +473,16 @@ class DynamicBatcher:
                     if item.state == QUEUED:
                         item.state = WITHDRAWN
                         self._queue.remove(item)  # dropped before any compute
+                        self._rows -= item.rows
 
-    def refuse_if_full(self) -> None:
-        """Raise :class:`Overloaded` if the queue is full."""
-        if len(self._queue) >= self.max_queue_size:
-            raise Overloaded(
-                f"model {self.name!r} is overloaded: {len(self._queue)} requests queued "
-                f"(queue limit {self.max_queue_size}); retry later"
-            )
+    def refuse_if_full(self, pending: int = 0) -> None:
+        """Raise :class:`Overloaded` if the queue (plus ``pending`` requests about to join it) is
+        full by count, or a new request would wait longer than ``max_queue_wait_s``."""
+        ahead = len(self._queue) + pending
+        # Pending requests count as one row each; with a queue, the instances are busy: add a batch.
+        wait = self.estimate.wait_s(self._rows + pending + (self.cap if ahead else 0))
+        if exc := _overloaded(self.name, ahead, self.max_queue_size, wait, self.max_queue_wait_s):
+            raise exc
 
     # ------------------------------------------------ batching (instance threads)
 
@@ -460,6 +533,7 @@ class DynamicBatcher:
             else:
                 alive.append(it)
         self._queue = alive
+        self._rows = sum(it.rows for it in alive)
 
     def _gather(self) -> tuple[list[_Queued], int, bool]:
         """The oldest request plus the compatible ones after it, in order, within the cap.
@@ -491,6 +565,7 @@ class DynamicBatcher:
         for it in items:
             it.state = RUNNING
             it.queue_s = now - it.arrived
+            self._rows -= it.rows
 
     # ------------------------------------------------ answering (event loop)
 
@@ -503,6 +578,7 @@ class DynamicBatcher:
         outputs: Batch = call.outputs or {}
         if exc is None:
             rows = sum(it.rows for it in items)
+            self.estimate.observe(rows, call.compute_s)
             for o in self.observers:
                 o.executed(len(items), rows, call.compute_s)
             if len(items) > 1:
@@ -532,6 +608,7 @@ class DynamicBatcher:
                 it.state = WITHDRAWN
                 _fail(it.future, error)
             self._queue.clear()
+            self._rows = 0
 
     async def aclose(self) -> None:
         """Stop the batcher; queued requests are refused."""

@@ -112,7 +112,7 @@ class NodeMetrics:
         )
         self.pending = Gauge(
             "dlinfer_inference_pending_request_count",
-            "Requests waiting in the queue for an instance or a batch",
+            "Requests waiting in the queue for an instance or a batch, and admitted ones still being read",
             LABELS,
             registry=r,
         )

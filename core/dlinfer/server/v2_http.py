@@ -152,11 +152,12 @@ def pick_codec(request: web.Request) -> Any:
 @routes.post("/v2/models/{model}/infer")
 @routes.post("/v2/models/{model}/versions/{version}/infer")
 async def infer(request: web.Request) -> web.Response:
-    request.app[REPOSITORY].admit(check_name(request.match_info["model"]), request.match_info.get("version"))
-    body = await read_body(request)
-    codec = pick_codec(request)
-    infer_request = codec.decode(body, request.headers)
-    check_limits(infer_request, request.app[CONFIG])
+    # Until it is queued, the request counts against its model's queue: refused early and cheaply.
+    with request.app[REPOSITORY].admitted(check_name(request.match_info["model"]), request.match_info.get("version")):
+        body = await read_body(request)
+        codec = pick_codec(request)
+        infer_request = codec.decode(body, request.headers)
+        check_limits(infer_request, request.app[CONFIG])
     # Looked up again with no await before infer() counts the request in flight,
     # so a reload that swapped versions meanwhile cannot close the model under it.
     model = _model(request)
