@@ -109,20 +109,49 @@ class WaitEstimate:
         return units_ahead * self.per_unit_s / self.instance_count
 
 
-def _overloaded(name: str, queued: int, limit: int, wait_s: float, max_wait_s: float) -> Overloaded | None:
-    """The refusal for a model with ``queued`` requests ahead, or None when there is room."""
-    if queued >= limit:
-        return Overloaded(
-            f"model {name!r} is overloaded: {queued} requests queued (queue limit {limit}); retry later",
-            retry_after_s=max(wait_s, 1.0),
-        )
-    if max_wait_s and queued and wait_s > max_wait_s:
-        return Overloaded(
-            f"model {name!r} is overloaded: a new request would wait about {wait_s * 1000:.0f} ms "
-            f"(limit {max_wait_s * 1000:.0f} ms, {queued} requests queued); retry later",
-            retry_after_s=wait_s,
-        )
-    return None
+class _Admission:
+    """What both schedulers share to admit or refuse a request: the count and wait bounds,
+    the wait estimate and the requests admitted but not yet submitted."""
+
+    def __init__(self, name: str, instance_count: int, max_queue_size: int, max_queue_wait_s: float) -> None:
+        self.name = name
+        self.max_queue_size = max_queue_size
+        self.max_queue_wait_s = max_queue_wait_s
+        self.estimate = WaitEstimate(instance_count)
+        #: Requests admitted by a frontend and not yet submitted (body still being read or decoded).
+        self.pending = 0
+        self.observers: list[Observer] = []
+
+    def _backlog(self) -> int:
+        """Requests queued (not running)."""
+        raise NotImplementedError
+
+    def _work_ahead(self, ahead: int, pending: int) -> int:
+        """Units of work (see :class:`WaitEstimate`) a new request would wait for."""
+        raise NotImplementedError
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for an instance or a batch, and admitted ones still being read."""
+        return self._backlog() + self.pending
+
+    def refuse_if_full(self, pending: int = 0) -> None:
+        """Raise :class:`Overloaded` if the queue (plus ``pending`` requests about to join it) is
+        full by count, or a new request would wait longer than ``max_queue_wait_s``."""
+        ahead = self._backlog() + pending
+        wait = self.estimate.wait_s(self._work_ahead(ahead, pending))
+        if ahead >= self.max_queue_size:
+            raise Overloaded(
+                f"model {self.name!r} is overloaded: {ahead} requests queued (queue limit {self.max_queue_size}); "
+                "retry later",
+                retry_after_s=max(wait, 1.0),
+            )
+        if self.max_queue_wait_s and ahead and wait > self.max_queue_wait_s:
+            raise Overloaded(
+                f"model {self.name!r} is overloaded: a new request would wait about {wait * 1000:.0f} ms "
+                f"(limit {self.max_queue_wait_s * 1000:.0f} ms, {ahead} requests queued); retry later",
+                retry_after_s=wait,
+            )
 
 
 class Stopped(Exception):
@@ -276,7 +305,7 @@ def _deadline_timeout(deadline: float | None) -> asyncio.Timeout:
     return asyncio.timeout_at(loop.time() + (deadline - time.monotonic()))
 
 
-class DirectScheduler:
+class DirectScheduler(_Admission):
     """Runs each request as its own call on a free instance, FIFO when all are busy."""
 
     def __init__(
@@ -287,29 +316,16 @@ class DirectScheduler:
         max_queue_size: int,
         max_queue_wait_s: float = 0.0,
     ) -> None:
-        self.name = name
+        super().__init__(name, instance_count, max_queue_size, max_queue_wait_s)
         self.pool = InstancePool(name, instance_count, run)
-        self.max_queue_size = max_queue_size
-        self.max_queue_wait_s = max_queue_wait_s
-        self.estimate = WaitEstimate(instance_count)
-        #: Requests admitted by a frontend and not yet submitted (body still being read or decoded).
-        self.pending = 0
-        self.observers: list[Observer] = []
 
-    @property
-    def queued(self) -> int:
-        """Requests waiting for an instance, and admitted ones still being read."""
-        return self.pool.backlog + self.pending
+    def _backlog(self) -> int:
+        return self.pool.backlog
 
-    def refuse_if_full(self, pending: int = 0) -> None:
-        """Raise :class:`Overloaded` if the queue (plus ``pending`` requests about to join it) is
-        full by count, or a new request would wait longer than ``max_queue_wait_s``."""
-        ahead = self.pool.backlog + pending
-        # Every instance busy: the new request waits for one of them too.
+    def _work_ahead(self, ahead: int, pending: int) -> int:
+        # Every instance busy: the new request waits for one of them too (calls are the unit).
         busy = self.pool.waiting + self.pool.running + pending >= self.pool.instance_count
-        wait = self.estimate.wait_s(ahead + busy)
-        if exc := _overloaded(self.name, ahead, self.max_queue_size, wait, self.max_queue_wait_s):
-            raise exc
+        return ahead + busy
 
     async def submit(self, inputs: Batch, deadline: float | None = None) -> Batch:
         """Run ``inputs`` through the model; ``deadline`` is a ``time.monotonic()`` value."""
@@ -396,7 +412,7 @@ def _fail(future: asyncio.Future[Batch], exc: BaseException) -> None:
         future.set_exception(exc)
 
 
-class DynamicBatcher:
+class DynamicBatcher(_Admission):
     """Merges concurrent requests into batches for a model that batches.
 
     Dispatch rule (Triton's): a batch leaves as soon as its row count is one of
@@ -423,12 +439,7 @@ class DynamicBatcher:
         max_queue_delay_us: int = 0,
         max_queue_wait_s: float = 0.0,
     ) -> None:
-        self.name = name
-        self.max_queue_size = max_queue_size
-        self.max_queue_wait_s = max_queue_wait_s
-        self.estimate = WaitEstimate(instance_count)
-        #: Requests admitted by a frontend and not yet submitted (body still being read or decoded).
-        self.pending = 0
+        super().__init__(name, instance_count, max_queue_size, max_queue_wait_s)
         #: Batch rows queued (under the condition; read without it as an estimate).
         self._rows = 0
         self.max_batch_size = max_batch_size
@@ -436,16 +447,10 @@ class DynamicBatcher:
         self.preferred = frozenset(preferred or {max_batch_size})
         self.cap = max(self.preferred)
         self.delay_s = max_queue_delay_us / 1e6
-        self.observers: list[Observer] = []
         self._queue: deque[_Queued] = deque()
         self._cond = threading.Condition()
         self._closed = False
         self.pool = InstancePool(name, instance_count, run, take=self._take)
-
-    @property
-    def queued(self) -> int:
-        """Requests waiting for a batch, and admitted ones still being read."""
-        return len(self._queue) + self.pending
 
     async def submit(self, inputs: Batch, deadline: float | None = None) -> Batch:
         """Queue ``inputs`` for the next batch; ``deadline`` is a ``time.monotonic()`` value."""
@@ -475,14 +480,13 @@ class DynamicBatcher:
                         self._queue.remove(item)  # dropped before any compute
                         self._rows -= item.rows
 
-    def refuse_if_full(self, pending: int = 0) -> None:
-        """Raise :class:`Overloaded` if the queue (plus ``pending`` requests about to join it) is
-        full by count, or a new request would wait longer than ``max_queue_wait_s``."""
-        ahead = len(self._queue) + pending
-        # Pending requests count as one row each; with a queue, the instances are busy: add a batch.
-        wait = self.estimate.wait_s(self._rows + pending + (self.cap if ahead else 0))
-        if exc := _overloaded(self.name, ahead, self.max_queue_size, wait, self.max_queue_wait_s):
-            raise exc
+    def _backlog(self) -> int:
+        return len(self._queue)
+
+    def _work_ahead(self, ahead: int, pending: int) -> int:
+        # Rows are the unit; pending requests count as one row each; with a queue, the instances
+        # are busy: add a batch.
+        return self._rows + pending + (self.cap if ahead else 0)
 
     # ------------------------------------------------ batching (instance threads)
 
