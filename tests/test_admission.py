@@ -130,3 +130,79 @@ def test_admission_settings_are_validated(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="max_queue_wait_ms"):
         node_config_from_dict({"limits": {"max_queue_wait_ms": -1}}, source="node.toml")
+
+
+async def _expect(port: int, model: str, length: int) -> tuple[bytes, asyncio.StreamReader, asyncio.StreamWriter]:
+    """Send an infer request's headers alone with ``Expect: 100-continue``; the server's first answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = (
+        f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\nExpect: 100-continue\r\n\r\n"
+    )
+    writer.write(head.encode())
+    await writer.drain()
+    return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30), reader, writer
+
+
+def test_expect_100_continue_is_refused_before_the_body_is_sent(node: RunningNode) -> None:
+    """A client that asks before sending its body gets the refusal instead of ``100 Continue``
+    (and the connection closes), or the go-ahead when there is room."""
+    port = node.config.server.http_port
+    doc = orjson.dumps(body(np.ones((1, 2), dtype=np.float32)))
+
+    async def scenario() -> tuple[bytes, bytes, bytes, bytes, int]:
+        r1, w1 = await _send_head(port, "one_slot", doc)
+        await asyncio.to_thread(
+            wait_for,
+            lambda: metric(node.url, "dlinfer_inference_pending_request_count", "one_slot") == 1,
+            "the first request to be admitted",
+        )
+        full, r2, w2 = await _expect(port, "one_slot", len(doc))
+        closed = await asyncio.wait_for(r2.read(), 30)  # the error body, then end of stream
+        w1.write(doc[-1:])
+        assert await _status(r1) == 200
+        too_big, _, w3 = await _expect(port, "one_slot", node.config.limits.max_body_bytes + 1)
+        go, r4, w4 = await _expect(port, "one_slot", len(doc))
+        w4.write(doc)
+        final = await _status(r4)
+        for w in (w1, w2, w3, w4):
+            w.close()
+        return full, closed, too_big, go, final
+
+    full, closed, too_big, go, final = asyncio.run(scenario())
+    assert full.startswith(b"HTTP/1.1 429") and b"Connection: close" in full and b"Retry-After" in full
+    assert b"queue" in closed
+    assert too_big.startswith(b"HTTP/1.1 413")
+    assert go.startswith(b"HTTP/1.1 100 Continue")
+    assert final == 200
+
+
+def test_an_aiohttp_client_using_expect_gets_the_refusal(node: RunningNode) -> None:
+    """aiohttp's ``expect100=True`` client reads the final answer when no ``100 Continue`` comes."""
+    import aiohttp
+
+    port = node.config.server.http_port
+    doc = orjson.dumps(body(np.ones((1, 2), dtype=np.float32)))
+
+    async def scenario() -> tuple[int, int, int]:
+        r1, w1 = await _send_head(port, "one_slot", doc)
+        await asyncio.to_thread(
+            wait_for,
+            lambda: metric(node.url, "dlinfer_inference_pending_request_count", "one_slot") == 1,
+            "the first request to be admitted",
+        )
+        url = f"{node.url}/v2/models/one_slot/infer"
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            async with session.post(url, data=doc, expect100=True) as resp:
+                refused = resp.status
+                await resp.read()
+            w1.write(doc[-1:])
+            first = await _status(r1)
+            async with session.post(url, data=doc, expect100=True) as resp:
+                admitted = resp.status
+                await resp.read()
+        w1.close()
+        return refused, first, admitted
+
+    assert asyncio.run(scenario()) == (429, 200, 200)

@@ -98,3 +98,23 @@ def test_cli_exits_2_with_one_line(tmp_path: Path) -> None:
     assert proc.stderr.strip() == (
         f"dlinfer-core: error: {path}: server.http_port: expected an integer, got 'abc' (str)"
     )
+
+
+def test_default_threads_follow_the_cpus_this_process_may_use() -> None:
+    """Pinned to one CPU (taskset, a container's cpuset), a node defaults to one math thread, not the
+    machine's count: more threads than usable CPUs only take turns."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from dlinfer.config import NodeConfig; print(NodeConfig().intra_op_threads)"
+    pinned = subprocess.run(
+        [sys.executable, "-c", code],
+        preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert pinned.stdout.strip() == "1"
+    free = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert free.stdout.strip() == str(len(os.sched_getaffinity(0)))

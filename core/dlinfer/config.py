@@ -209,11 +209,20 @@ class NodeConfig:
 
     @property
     def intra_op_threads(self) -> int:
-        return self.threads.intra_op or os.cpu_count() or 1
+        return self.threads.intra_op or usable_cpus()
 
     def plugin_settings(self, name: str) -> dict[str, Any]:
         """The ``[plugins.<name>]`` table, for a plugin to validate itself."""
         return self.plugins.settings.get(name, {})
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask (taskset, a container's cpuset) where the
+    system has one, else every CPU of the machine."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 _PLUGIN_KEYS = {f.name for f in attrs.fields(PluginsConfig)} - {"settings"}

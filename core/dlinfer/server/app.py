@@ -111,7 +111,7 @@ def _body_left_unread(request: web.Request, exc: DlinferError) -> bool:
     return content.exception() is not None or isinstance(exc, PayloadTooLarge | RequestTimeout | BodyBudgetExhausted)
 
 
-async def _answer_and_close(request: web.Request, response: web.Response) -> web.Response:
+async def answer_and_close(request: web.Request, response: web.Response) -> web.Response:
     """Send ``response`` with ``Connection: close``, then close the connection.
 
     The rest of the body is still on the connection, so it cannot carry
@@ -133,12 +133,12 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         return await handler(request)
     except DlinferError as exc:
         if _body_left_unread(request, exc):
-            return await _answer_and_close(request, error_response(exc))
+            return await answer_and_close(request, error_response(exc))
         return error_response(exc)
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[CONFIG].limits.max_body_bytes
         error = error_response(PayloadTooLarge(f"request body is larger than the limit of {limit} bytes"))
-        return await _answer_and_close(request, error)
+        return await answer_and_close(request, error)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

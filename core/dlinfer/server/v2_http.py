@@ -15,6 +15,7 @@ from ..plugins import hookimpl
 from ..repository import ModelRepository, check_name
 from .app import CONFIG, PLUGINS, REPOSITORY, STATE
 from .content_encoding import content_encoding, read_decoded
+from .expect import expect_handler
 from .guards import check_control, check_limits, timeout_s, version_arg
 from .model_config import extension_config
 
@@ -149,8 +150,13 @@ def pick_codec(request: web.Request) -> Any:
     raise InvalidInput(f"unsupported Content-Type {request.content_type!r}")
 
 
-@routes.post("/v2/models/{model}/infer")
-@routes.post("/v2/models/{model}/versions/{version}/infer")
+def _admit_headers(request: web.Request) -> None:
+    """Admission from the headers alone, for ``Expect: 100-continue``: refused before the body is sent."""
+    request.app[REPOSITORY].admit(check_name(request.match_info["model"]), request.match_info.get("version"))
+
+
+@routes.post("/v2/models/{model}/infer", expect_handler=expect_handler(_admit_headers))
+@routes.post("/v2/models/{model}/versions/{version}/infer", expect_handler=expect_handler(_admit_headers))
 async def infer(request: web.Request) -> web.Response:
     # Until it is queued, the request counts against its model's queue: refused early and cheaply.
     with request.app[REPOSITORY].admitted(check_name(request.match_info["model"]), request.match_info.get("version")):
