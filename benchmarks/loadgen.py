@@ -162,6 +162,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "p99_ms": float(np.percentile(lat, 99)) if ok else None,
         "outcomes": dict(rec.outcomes),
         "server_cpu_ms_per_req": (cpu1 - cpu0) * 1000 / ok if ok and args.server_pid else None,
+        "server_cpu_s": cpu1 - cpu0 if args.server_pid else None,
         "client_cpu_ms_per_req": (own1 - own0) * 1000 / ok if ok else None,
     }
 
@@ -196,7 +197,7 @@ async def make_sender(args: argparse.Namespace, x: np.ndarray) -> Any:
         url = f"{args.url}/predictions/{args.model}"
 
     async def send_http() -> str:
-        async with session.post(url, data=body, headers=headers) as resp:
+        async with session.post(url, data=body, headers=headers, expect100=args.expect) as resp:
             await resp.read()
             return str(resp.status)
 
@@ -217,6 +218,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=5.0, help="measured seconds")
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")
     p.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, seconds")
+    p.add_argument("--expect", action="store_true", help="HTTP: send the body after the server's 100 Continue")
     p.add_argument("--server-pid", type=int, default=0, help="report this process's CPU per request")
     return p.parse_args(argv)
 

@@ -72,8 +72,10 @@ class Started:
     grpc: int = 0
     proc: subprocess.Popen
 
-    def _start(self, cmd: list[str], env: dict[str, str] | None = None, timeout_s: float = 120) -> None:
-        self.proc = subprocess.Popen(cmd, env=env)
+    def _start(
+        self, cmd: list[str], env: dict[str, str] | None = None, timeout_s: float = 120, cpus: set[int] | None = None
+    ) -> None:
+        self.proc = subprocess.Popen(cmd, env=env, preexec_fn=pinned(cpus))
         try:
             wait_http(f"http://127.0.0.1:{self.http}/v2/health/ready", self.proc, timeout_s=timeout_s)
         except RuntimeError:
@@ -90,21 +92,26 @@ class Started:
 
 
 class Node(Started):
-    """``dlinfer-core`` in a subprocess, serving ``repo``; only the ONNX plugin is loaded."""
+    """``dlinfer-core`` in a subprocess, serving ``repo``, on ``cpus``; only the ONNX plugin is loaded
+    (and the single-file plugins of ``plugins_dir``)."""
 
-    def __init__(self, repo: Path, folder: Path) -> None:
+    def __init__(self, repo: Path, folder: Path, cpus: set[int] | None = None, plugins_dir: Path | None = None) -> None:
         self.http, self.grpc = free_port(), free_port()
-        cfg = {
+        cfg: dict[str, Any] = {
             "server": {"host": "127.0.0.1", "http_port": self.http, "grpc_port": self.grpc},
             "repository": {"path": str(repo)},
             "logging": {"level": "warning"},
         }
+        plugins = "onnx"
+        if plugins_dir:
+            cfg["plugins"] = {"plugins_dir": str(plugins_dir)}
+            plugins += "," + ",".join(f.stem for f in plugins_dir.glob("*.py"))
         (folder / "node.toml").write_text(tomli_w.dumps(cfg))
-        env = {**os.environ, "DLINFER_DISABLE_PLUGIN_AUTOLOAD": "1", "DLINFER_PLUGINS": "onnx"}
+        env = {**os.environ, "DLINFER_DISABLE_PLUGIN_AUTOLOAD": "1", "DLINFER_PLUGINS": plugins}
         exe = shutil.which("dlinfer-core", path=str(Path(sys.executable).parent))
         cmd = [exe] if exe else [sys.executable, "-m", "dlinfer.cli"]
         self.url = f"http://127.0.0.1:{self.http}"
-        self._start([*cmd, "--config", str(folder / "node.toml")], env)
+        self._start([*cmd, "--config", str(folder / "node.toml")], env, cpus=cpus)
 
 
 class BareServer(Started):
@@ -116,13 +123,26 @@ class BareServer(Started):
         self._start([*cmd, f"--sessions={sessions}", "--threads=1"], timeout_s=60)
 
 
-def run_json(cmd: list[str]) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, *cmd], check=True, capture_output=True, text=True)
+def pinned(cpus: set[int] | None) -> Any:
+    """A ``preexec_fn`` running the child on ``cpus`` only (None: wherever the OS puts it)."""
+    return None if cpus is None else lambda: os.sched_setaffinity(0, cpus)
+
+
+def run_json(cmd: list[str], cpus: set[int] | None = None) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, *cmd], check=True, capture_output=True, text=True, preexec_fn=pinned(cpus))
     return orjson.loads(out.stdout.strip().splitlines()[-1])
 
 
-def loadgen(node: Any, model: str, shape: str, protocol: str, args: argparse.Namespace, **extra: Any) -> dict:
-    """One load-generator run against ``node`` (anything with ``http``, ``grpc`` ports and ``pid``)."""
+def loadgen(
+    node: Any,
+    model: str,
+    shape: str,
+    protocol: str,
+    args: argparse.Namespace,
+    cpus: set[int] | None = None,
+    **extra: Any,
+) -> dict:
+    """One load-generator run against ``node`` (anything with ``http``, ``grpc`` ports and ``pid``), on ``cpus``."""
     url = f"127.0.0.1:{node.grpc}" if protocol == "grpc" else f"http://127.0.0.1:{node.http}"
     cmd = [
         str(HERE / "loadgen.py"),
@@ -134,8 +154,8 @@ def loadgen(node: Any, model: str, shape: str, protocol: str, args: argparse.Nam
         f"--warmup={args.warmup}",
         f"--server-pid={node.pid}",
     ]
-    cmd += [f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}") for k, v in extra.items()]
-    return run_json(cmd)
+    cmd += [f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}") for k, v in extra.items() if v is not False]
+    return run_json(cmd, cpus)
 
 
 def ceiling(model_file: Path, shape: str, concurrency: int, args: argparse.Namespace) -> dict[str, Any]:
