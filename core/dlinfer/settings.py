@@ -12,11 +12,14 @@ import tomllib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .config import NodeConfig
 
 _MISSING = object()
 
@@ -202,3 +205,12 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: invalid TOML: not UTF-8 text") from None
+
+
+def read_config_file(config: NodeConfig, key: str, name: str) -> tuple[bytes, Path]:
+    """A file named by setting ``key`` (relative to the config's folder): its bytes and path."""
+    path = (Path(config.base_dir) / name).resolve()
+    try:
+        return path.read_bytes(), path
+    except OSError as exc:
+        raise ConfigError(f"{config.source}: {key}: cannot read {path}: {exc.strerror}") from None

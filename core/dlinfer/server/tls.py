@@ -10,6 +10,7 @@ import attrs
 
 from ..config import NodeConfig
 from ..errors import ConfigError
+from ..settings import read_config_file
 
 
 @attrs.frozen
@@ -21,15 +22,6 @@ class TlsFiles:
     cert: bytes
     key: bytes
     client_ca: bytes | None
-
-
-def read_config_file(config: NodeConfig, key: str, name: str) -> tuple[bytes, Path]:
-    """A file named by setting ``key`` (relative to the config's folder): its bytes and path."""
-    path = (Path(config.base_dir) / name).resolve()
-    try:
-        return path.read_bytes(), path
-    except OSError as exc:
-        raise ConfigError(f"{config.source}: {key}: cannot read {path}: {exc.strerror}") from None
 
 
 def tls_files(config: NodeConfig) -> TlsFiles | None:
