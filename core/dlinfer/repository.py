@@ -19,7 +19,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -294,13 +294,26 @@ class ServedModel:
                 o.finished("overloaded", 0.0)
             raise
 
-    async def infer(self, request: InferenceRequest, timeout_s: float | None = None) -> InferenceResponse:
-        """Validate, schedule and run a request; never blocks the event loop."""
+    def hold(self) -> None:
+        """Count a request in flight: :meth:`close` (unload, reload, drain) waits until it is released."""
+        self.inflight += 1
+        self._idle.clear()
+
+    def release(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0:
+            self._idle.set()
+
+    async def infer(
+        self, request: InferenceRequest, timeout_s: float | None = None, held: bool = False
+    ) -> InferenceResponse:
+        """Validate, schedule and run a request; never blocks the event loop. ``held``: the caller
+        already counts it in flight (a :class:`~dlinfer.dataplane.Lease`)."""
         t0 = time.perf_counter()
         limit = timeout_s if timeout_s is not None else (self.config.timeout_ms / 1000 or None)
         deadline = time.monotonic() + limit if limit else None
-        self.inflight += 1
-        self._idle.clear()
+        if not held:
+            self.hold()
         failure: str | None = "canceled"  # stays so only if the caller goes away (client disconnect)
         try:
             inputs = self.validate(request)
@@ -314,9 +327,8 @@ class ServedModel:
             log.exception("model %s version %s failed", self.name, self.version)
             raise InferenceError(f"model {self.name!r} failed: {type(exc).__name__}: {exc}") from exc
         finally:
-            self.inflight -= 1
-            if self.inflight == 0:
-                self._idle.set()
+            if not held:
+                self.release()
             for o in self.scheduler.observers:
                 o.finished(failure, time.perf_counter() - t0)
         wanted = [o.name for o in request.outputs] or list(outputs)
@@ -645,26 +657,13 @@ class ModelRepository:
 
     def admit(self, name: str, version: str | int | None = None) -> ServedModel:
         """The model for a new inference request, refused early and cheaply: 503 while
-        the node drains, 404 for an unknown model, 429 when its queue is full. Every
-        frontend (V2 HTTP and gRPC, TF-Serving) calls it before decoding the body."""
+        the node drains, 404 for an unknown model, 429 when its queue is full. Frontends
+        reach it through :meth:`dlinfer.dataplane.DataPlane.admit`, before decoding the body."""
         if self.draining:
             raise Unavailable("server is shutting down")
         model = self.get(name, version)
         model.refuse_if_full(model.scheduler.pending)
         return model
-
-    @contextlib.contextmanager
-    def admitted(self, name: str, version: str | int | None = None) -> Iterator[ServedModel]:
-        """:meth:`admit` for a request whose body is still to be read and decoded: inside the
-        block it counts as queued for the next admissions (the count and the expected wait), so a
-        burst of large bodies cannot all be admitted while the queue still looks short."""
-        model = self.admit(name, version)
-        scheduler = model.scheduler
-        scheduler.pending += 1
-        try:
-            yield model
-        finally:
-            scheduler.pending -= 1
 
     def get(self, name: str, version: str | int | None = None) -> ServedModel:
         """The served model version (latest loaded when ``version`` is None)."""

@@ -7,24 +7,23 @@ import inspect
 import logging
 import math
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
-import attrs
 import orjson
 from aiohttp import web
 
 from ..config import NodeConfig
+from ..dataplane import DataPlane
 from ..errors import (
     BodyBudgetExhausted,
     DlinferError,
-    ModelNotReady,
     PayloadTooLarge,
     RequestTimeout,
     Unavailable,
 )
 from ..plugins import Plugins
-from ..repository import ModelRepository, ServedModel
+from ..repository import ModelRepository
 from .access_log import LOGGER as ACCESS_LOGGER
 from .access_log import AccessLog
 from .body_budget import BODY_BUDGET, BodyBudget, body_budget_middleware
@@ -37,56 +36,14 @@ from .tls import TlsFiles, tls_files
 log = logging.getLogger("dlinfer.server")
 
 
-@attrs.define
-class NodeState:
-    """Readiness of the node as a whole: the one place every frontend's health answers come from
-    (HTTP here, gRPC through ``dlinfer_grpc_services``), so they agree while it starts or drains.
-
-    ``draining`` lives on the repository, where every frontend's ``admit()``
-    reads it, so HTTP, gRPC and plugin frontends refuse new requests alike.
-    """
-
-    repository: ModelRepository
-    started: bool = False
-    #: Extra readiness conditions added by plugins (e.g. a gateway: some node is healthy).
-    checks: list[Callable[[], bool]] = attrs.field(factory=list)
-
-    @property
-    def draining(self) -> bool:
-        return self.repository.draining
-
-    @draining.setter
-    def draining(self, value: bool) -> None:
-        self.repository.draining = value
-
-    @property
-    def not_ready_reason(self) -> str:
-        """Why the node is not ready; empty when it is."""
-        if self.draining:
-            return "server is shutting down"
-        if not self.started:
-            return "server is starting"
-        if not all(check() for check in self.checks):
-            return "server is not ready"
-        return ""
-
-    @property
-    def ready(self) -> bool:
-        return not self.not_ready_reason
-
-    def ready_model(self, name: str, version: str | int | None = None) -> ServedModel:
-        """The model version a model-ready check reports on: unknown ones raise as in
-        ``repository.get``, and every one is :class:`ModelNotReady` while the node is not ready."""
-        model = self.repository.get(name, version)
-        if reason := self.not_ready_reason:
-            raise ModelNotReady(reason)
-        return model
-
+#: The node's readiness and requests (:class:`DataPlane`); the name frontends and hooks knew it by.
+NodeState = DataPlane
 
 CONFIG = web.AppKey("config", NodeConfig)
 PLUGINS = web.AppKey("plugins", Plugins)
 REPOSITORY = web.AppKey("repository", ModelRepository)
-STATE = web.AppKey("state", NodeState)
+#: The node's :class:`DataPlane`: readiness, admission, inference, control, for every frontend.
+STATE = web.AppKey("state", DataPlane)
 #: ``[server.tls]`` read once at start (None: plain HTTP and gRPC), for every listener.
 TLS: web.AppKey[TlsFiles | None] = web.AppKey("tls")
 
@@ -176,7 +133,7 @@ def create_app(config: NodeConfig, plugins: Plugins | None = None) -> web.Applic
     app[CONFIG] = config
     app[PLUGINS] = plugins
     app[REPOSITORY] = repository
-    app[STATE] = NodeState(repository)
+    app[STATE] = DataPlane(repository)
     plugins.hook.dlinfer_routes(app=app, repository=repository)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -19,7 +19,7 @@ from .connections import connection_cap
 from .tls import TlsFiles, grpc_credentials
 
 if TYPE_CHECKING:
-    from .app import NodeState
+    from ..dataplane import DataPlane
 
 log = logging.getLogger("dlinfer.grpc")
 
@@ -31,7 +31,7 @@ async def start_grpc(
     tls: TlsFiles | None = None,
     budget: BodyBudget | None = None,
     *,
-    state: NodeState,
+    state: DataPlane,
 ) -> Any | None:
     """Build, populate and start the gRPC server (over TLS with ``tls``); None when no plugin adds a service.
 

@@ -22,17 +22,17 @@ from google.protobuf.message import DecodeError
 from .. import __version__
 from ..builtin.binary_codec import tensor_from_bytes, tensor_to_bytes
 from ..config import NodeConfig
+from ..dataplane import check_control
 from ..datatypes import check_shape, numpy_dtype
 from ..errors import DlinferError, InvalidInput, ModelNotReady
 from ..inference import InferenceRequest, InferenceResponse, InferInput, RequestedOutput
 from ..plugins import hookimpl
-from ..repository import ModelRepository, ServedModel, check_name
-from .guards import check_control, check_limits, timeout_s, version_arg
+from ..repository import ModelRepository, ServedModel
 from .model_config import extension_config
 from .proto import inference_pb2 as pb
 
 if TYPE_CHECKING:
-    from .app import NodeState
+    from ..dataplane import DataPlane
 
 log = logging.getLogger("dlinfer.grpc")
 
@@ -202,9 +202,9 @@ def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
 
 
 class V2Servicer:
-    """The V2 gRPC methods over one :class:`ModelRepository`."""
+    """The V2 gRPC methods over the node's data plane."""
 
-    def __init__(self, repository: ModelRepository, state: NodeState) -> None:
+    def __init__(self, repository: ModelRepository, state: DataPlane) -> None:
         self.repository = repository
         self.state = state
         self.config = repository.config
@@ -220,7 +220,7 @@ class V2Servicer:
     @_rpc(pb.ModelReadyRequest)
     async def ModelReady(self, request: Any, context: Any) -> Any:
         try:
-            self.state.ready_model(check_name(request.name), version_arg(request.version))
+            self.state.ready_model(request.name, request.version)
         except ModelNotReady:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
@@ -231,7 +231,7 @@ class V2Servicer:
 
     @_rpc(pb.ModelMetadataRequest)
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
-        doc = self.repository.get(check_name(request.name), version_arg(request.version)).metadata()
+        doc = self.state.model(request.name, request.version).metadata()
         msg = pb.ModelMetadataResponse(name=doc["name"], versions=doc["versions"], platform=doc["platform"])
         for kind in ("inputs", "outputs"):
             for t in doc[kind]:
@@ -240,56 +240,45 @@ class V2Servicer:
 
     @_rpc(pb.ModelConfigRequest)
     async def ModelConfig(self, request: Any, context: Any) -> Any:
-        model = self.repository.get(check_name(request.name), version_arg(request.version))
+        model = self.state.model(request.name, request.version)
         return pb.ModelConfigResponse(config=model_config_message(model))
 
     @_rpc(pb.ModelStatisticsRequest)
     async def ModelStatistics(self, request: Any, context: Any) -> Any:
-        name = check_name(request.name) if request.name else ""
         msg = pb.ModelStatisticsResponse()
-        for doc in self.repository.statistics(name, version_arg(request.version)):
+        for doc in self.state.statistics(request.name, request.version):
             json_format.ParseDict(doc, msg.model_stats.add())
         return msg
 
     @_rpc(pb.ModelInferRequest)
     async def ModelInfer(self, request: Any, context: Any) -> Any:
-        name, version = check_name(request.model_name), version_arg(request.model_version)
-        self.repository.admit(name, version)  # draining, unknown model, full queue: refused before decoding
-        infer_request = decode_infer_request(request, self.config)
-        check_limits(infer_request, self.config)
-        limit = timeout_s(infer_request)
-        remaining = context.time_remaining()
-        if remaining is not None:
-            limit = remaining if limit is None else min(limit, remaining)
-        # No await between the lookup and infer(): a concurrent reload cannot close this version under us.
-        model = self.repository.get(name, version)
-        response = await model.infer(infer_request, timeout_s=limit)
+        # Draining, unknown model, full queue: refused before decoding.
+        with self.state.admit(request.model_name, request.model_version) as lease:
+            infer_request = decode_infer_request(request, self.config)
+            response = await lease.infer(infer_request, deadline_s=context.time_remaining())
         return encode_infer_response(response)
 
     @_rpc(pb.RepositoryIndexRequest)
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
         msg = pb.RepositoryIndexResponse()
-        for row in self.repository.index(ready_only=request.ready):
+        for row in self.state.index(ready_only=request.ready):
             msg.models.add(name=row["name"], version=row.get("version", ""), state=row["state"], reason=row["reason"])
         return msg
 
     @_rpc(pb.RepositoryModelLoadRequest)
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
-        check_control(self.config, _metadata(context, "authorization"))
         if request.parameters:
+            check_control(self.config, _metadata(context, "authorization"))
             raise InvalidInput(
                 f"load parameters {sorted(request.parameters)} are not supported: "
                 "put the config and files in the model repository"
             )
-        name = check_name(request.model_name)
-        self.repository.model_dir(name)
-        await self.repository.load(name)
+        await self.state.load(request.model_name, _metadata(context, "authorization"))
         return pb.RepositoryModelLoadResponse()
 
     @_rpc(pb.RepositoryModelUnloadRequest)
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
-        check_control(self.config, _metadata(context, "authorization"))
-        await self.repository.unload(check_name(request.model_name))
+        await self.state.unload(request.model_name, _metadata(context, "authorization"))
         return pb.RepositoryModelUnloadResponse()
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -304,5 +293,5 @@ class V2Servicer:
 
 
 @hookimpl
-def dlinfer_grpc_services(server: Any, repository: ModelRepository, state: NodeState) -> None:
+def dlinfer_grpc_services(server: Any, repository: ModelRepository, state: DataPlane) -> None:
     server.add_generic_rpc_handlers((V2Servicer(repository, state).handler(),))

@@ -12,11 +12,10 @@ from aiohttp import StreamReader, web
 from .. import __version__
 from ..errors import InvalidInput, ModelNotReady, PayloadTooLarge, RequestTimeout
 from ..plugins import hookimpl
-from ..repository import ModelRepository, check_name
-from .app import CONFIG, PLUGINS, REPOSITORY, STATE
+from ..repository import ModelRepository, ServedModel
+from .app import CONFIG, PLUGINS, STATE
 from .content_encoding import content_encoding, read_decoded
 from .expect import expect_handler
-from .guards import check_control, check_limits, timeout_s, version_arg
 from .model_config import extension_config
 
 EXTENSIONS = [
@@ -55,9 +54,12 @@ async def ready(request: web.Request) -> web.Response:
     return json_response({"ready": is_ready}, status=200 if is_ready else 503)
 
 
-def _model(request: web.Request) -> Any:
-    name = check_name(request.match_info["model"])
-    return request.app[REPOSITORY].get(name, version_arg(request.match_info.get("version")))
+def _model_args(request: web.Request) -> tuple[str, str | None]:
+    return request.match_info["model"], request.match_info.get("version")
+
+
+def _model(request: web.Request) -> ServedModel:
+    return request.app[STATE].model(*_model_args(request))
 
 
 # Before /v2/models/{model}, which would take "stats" for a model name.
@@ -66,9 +68,7 @@ def _model(request: web.Request) -> Any:
 @routes.get("/v2/models/{model}/versions/{version}/stats")
 async def model_statistics(request: web.Request) -> web.Response:
     """The statistics extension: every loaded model version, or one model's."""
-    name = request.match_info.get("model", "")
-    version = version_arg(request.match_info.get("version"))
-    stats = request.app[REPOSITORY].statistics(check_name(name) if name else "", version)
+    stats = request.app[STATE].statistics(request.match_info.get("model", ""), request.match_info.get("version"))
     return json_response({"model_stats": stats})
 
 
@@ -81,9 +81,8 @@ async def model_metadata(request: web.Request) -> web.Response:
 @routes.get("/v2/models/{model}/ready")
 @routes.get("/v2/models/{model}/versions/{version}/ready")
 async def model_ready(request: web.Request) -> web.Response:
-    name = check_name(request.match_info["model"])
     try:
-        model = request.app[STATE].ready_model(name, version_arg(request.match_info.get("version")))
+        model = request.app[STATE].ready_model(*_model_args(request))
     except ModelNotReady as exc:
         return json_response({"name": request.match_info["model"], "ready": False, "error": exc.message}, 400)
     return json_response({"name": model.name, "ready": True})
@@ -152,22 +151,18 @@ def pick_codec(request: web.Request) -> Any:
 
 def _admit_headers(request: web.Request) -> None:
     """Admission from the headers alone, for ``Expect: 100-continue``: refused before the body is sent."""
-    request.app[REPOSITORY].admit(check_name(request.match_info["model"]), request.match_info.get("version"))
+    request.app[STATE].refuse_early(*_model_args(request))
 
 
 @routes.post("/v2/models/{model}/infer", expect_handler=expect_handler(_admit_headers))
 @routes.post("/v2/models/{model}/versions/{version}/infer", expect_handler=expect_handler(_admit_headers))
 async def infer(request: web.Request) -> web.Response:
-    # Until it is queued, the request counts against its model's queue: refused early and cheaply.
-    with request.app[REPOSITORY].admitted(check_name(request.match_info["model"]), request.match_info.get("version")):
+    # Admitted before the body is read: refused early and cheaply, and counted from here on.
+    with request.app[STATE].admit(*_model_args(request)) as lease:
         body = await read_body(request)
         codec = pick_codec(request)
         infer_request = codec.decode(body, request.headers)
-        check_limits(infer_request, request.app[CONFIG])
-    # Looked up again with no await before infer() counts the request in flight,
-    # so a reload that swapped versions meanwhile cannot close the model under it.
-    model = _model(request)
-    response = await model.infer(infer_request, timeout_s=timeout_s(infer_request))
+        response = await lease.infer(infer_request)
     payload, headers = codec.encode(response, infer_request)
     return web.Response(body=payload, headers=headers)
 
@@ -188,23 +183,18 @@ async def index_ready_only(request: web.Request) -> bool:
 
 @routes.post("/v2/repository/index")
 async def repository_index(request: web.Request) -> web.Response:
-    return json_response(request.app[REPOSITORY].index(await index_ready_only(request)))
+    return json_response(request.app[STATE].index(await index_ready_only(request)))
 
 
 @routes.post("/v2/repository/models/{model}/load")
 async def repository_load(request: web.Request) -> web.Response:
-    repo: ModelRepository = request.app[REPOSITORY]
-    check_control(request.app[CONFIG], request.headers.get("Authorization"))
-    name = check_name(request.match_info["model"])
-    repo.model_dir(name)
-    await repo.load(name)
+    await request.app[STATE].load(request.match_info["model"], request.headers.get("Authorization"))
     return json_response({})
 
 
 @routes.post("/v2/repository/models/{model}/unload")
 async def repository_unload(request: web.Request) -> web.Response:
-    check_control(request.app[CONFIG], request.headers.get("Authorization"))
-    await request.app[REPOSITORY].unload(check_name(request.match_info["model"]))
+    await request.app[STATE].unload(request.match_info["model"], request.headers.get("Authorization"))
     return json_response({})
 
 

@@ -28,7 +28,7 @@ from dlinfer.errors import Unauthenticated
 from dlinfer.plugins import Plugins
 from dlinfer.repository import check_name
 from dlinfer.server import CONFIG, PLUGINS, STATE
-from dlinfer.server.guards import version_arg
+from dlinfer.dataplane import version_arg
 from dlinfer.server.v2_http import index_ready_only, json_response, read_body, server_routes
 
 from .health import ActiveChecker, OutlierDetector

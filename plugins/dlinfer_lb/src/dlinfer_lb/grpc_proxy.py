@@ -26,7 +26,7 @@ from multidict import CIMultiDict
 from dlinfer import DeadlineExceeded, DlinferError, InvalidInput, __version__
 from dlinfer.plugins import hookimpl
 from dlinfer.repository import check_name
-from dlinfer.server.guards import version_arg
+from dlinfer.dataplane import version_arg
 from dlinfer.server.proto import inference_pb2 as pb
 from dlinfer.server.v2_grpc import EXTENSIONS, SERVICE
 
