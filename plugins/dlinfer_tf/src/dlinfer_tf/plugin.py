@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
-from dlinfer import hookimpl
+from dlinfer.api import hookimpl
 
 #: Packages the plugin needs at run time (distribution dependencies, but an environment can lose them).
 REQUIRED = ("tensorflow", "tensorflow_serving", "tf2onnx", "onnxruntime")
@@ -52,7 +52,7 @@ def dlinfer_openapi(spec: dict[str, Any], app: Any) -> None:
 
 
 @hookimpl
-def dlinfer_grpc_services(server: Any, repository: Any) -> None:
+def dlinfer_grpc_services(server: Any, state: Any) -> None:
     from .serving.grpc import add_services
 
-    add_services(server, repository)
+    add_services(server, state)

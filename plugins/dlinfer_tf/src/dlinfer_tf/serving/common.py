@@ -12,6 +12,7 @@ import attrs
 import numpy as np
 
 from dlinfer import InvalidInput, ModelNotFound
+from dlinfer.dataplane import Lease
 from dlinfer.inference import InferenceRequest, InferInput
 from dlinfer.repository import ModelRepository, ServedModel, check_name
 
@@ -39,13 +40,6 @@ def _import_protos() -> None:
 
     set_environment()
     importlib.import_module(_PROTOS)
-
-
-def find_model(repository: ModelRepository, name: str, version: str | int | None, admit: bool = False) -> ServedModel:
-    """The served model ``name`` (latest version when ``version`` is None); with ``admit``,
-    for a new inference request, refused while the node drains or the queue is full."""
-    lookup = repository.admit if admit else repository.get
-    return lookup(check_name(name), version)
 
 
 def _signatures(model: ServedModel) -> dict[str, Signature]:
@@ -145,23 +139,28 @@ def _check_method(model: ServedModel, method: str) -> str:
     return EXAMPLES_INPUT
 
 
-async def _run_examples(model: ServedModel, examples: list[bytes], method: str) -> dict[str, np.ndarray]:
+async def _run_examples(
+    lease: Lease, model: ServedModel, examples: list[bytes], method: str, deadline_s: float | None
+) -> dict[str, np.ndarray]:
     name = _check_method(model, method)
     if not examples:
         raise InvalidInput("the request has no examples")
     data = np.empty(len(examples), dtype=object)
     data[:] = examples
-    response = await model.infer(InferenceRequest([InferInput(name, "BYTES", data.shape, data)]))
+    request = InferenceRequest([InferInput(name, "BYTES", data.shape, data)])
+    response = await lease.infer(request, deadline_s, model=model)
     return {o.name: o.data for o in response.outputs}
 
 
-async def classify(model: ServedModel, examples: list[bytes]) -> list[list[tuple[str, float]]]:
+async def classify(
+    lease: Lease, model: ServedModel, examples: list[bytes], deadline_s: float | None = None
+) -> list[list[tuple[str, float]]]:
     """Per example, (label, score) pairs from a classification signature.
 
     A signature with only scores labels classes by index ("0", "1", ...); with
     only classes the scores are 0 (TF-Serving's behaviour).
     """
-    out = await _run_examples(model, examples, CLASSIFY)
+    out = await _run_examples(lease, model, examples, CLASSIFY, deadline_s)
     classes, scores = out.get(CLASSES), out.get(SCORES)
     if classes is None and scores is None:
         raise InvalidInput(f"classification signature of {model.name!r} has neither 'classes' nor 'scores'")
@@ -179,9 +178,11 @@ async def classify(model: ServedModel, examples: list[bytes]) -> list[list[tuple
     return results
 
 
-async def regress(model: ServedModel, examples: list[bytes]) -> list[float]:
+async def regress(
+    lease: Lease, model: ServedModel, examples: list[bytes], deadline_s: float | None = None
+) -> list[float]:
     """One value per example from a regression signature."""
-    out = await _run_examples(model, examples, REGRESS)
+    out = await _run_examples(lease, model, examples, REGRESS, deadline_s)
     values = out.get(REGRESS_OUTPUT)
     if values is None or values.size != len(examples):
         raise InvalidInput(f"regression signature of {model.name!r} must return one {REGRESS_OUTPUT!r} per example")

@@ -16,9 +16,10 @@ from typing import Any
 import grpc
 
 from dlinfer import DlinferError, InvalidInput, ModelNotFound
+from dlinfer.dataplane import DataPlane, Lease
 from dlinfer.datatypes import v2_datatype
 from dlinfer.inference import InferenceRequest, InferInput, RequestedOutput
-from dlinfer.repository import ModelRepository, ServedModel
+from dlinfer.repository import ServedModel
 
 from . import common
 
@@ -29,21 +30,22 @@ MODEL_SERVICE = "tensorflow.serving.ModelService"
 #: tensorflow.error.Code values used in StatusProto.
 _TF_CODES = {"OK": 0, "UNKNOWN": 2}
 
-Handler = Callable[[bytes], Awaitable[Any]]
+Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
 class TFServing:
-    """Handlers of both services over one model repository."""
+    """Handlers of both services over the node's data plane."""
 
-    def __init__(self, repository: ModelRepository) -> None:
-        self.repository = repository
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+        self.repository = plane.repository
 
     async def _handle(self, handler: Handler, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         from google.protobuf.message import DecodeError
 
         try:
             await common.import_protos()
-            return (await handler(raw)).SerializeToString()
+            return (await handler(raw, context)).SerializeToString()
         except DlinferError as exc:
             code, message = grpc.StatusCode[exc.grpc_code], exc.message
         except DecodeError as exc:
@@ -63,11 +65,15 @@ class TFServing:
 
     # ------------------------------------------------------------- helpers
 
-    def _model(self, spec: Any, admit: bool = True) -> ServedModel:
+    @staticmethod
+    def _model_args(spec: Any) -> tuple[str, int | None]:
         if spec.version_label:
             raise InvalidInput("version labels are not supported; ask for a version number")
-        version = spec.version.value if spec.HasField("version") else None
-        return common.find_model(self.repository, spec.name, version, admit)
+        return spec.name, spec.version.value if spec.HasField("version") else None
+
+    def _admit(self, spec: Any) -> Lease:
+        """A lease for a Predict/Classify/Regress on ``spec``'s model (draining, unknown, full: refused)."""
+        return self.plane.admit(*self._model_args(spec))
 
     @staticmethod
     def _spec(out: Any, model: ServedModel) -> None:
@@ -93,33 +99,36 @@ class TFServing:
 
     # ------------------------------------------------------------- methods
 
-    async def predict(self, raw: bytes) -> Any:
+    async def predict(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2
 
         req = predict_pb2.PredictRequest.FromString(raw)
-        model = common.for_signature(self.repository, self._model(req.model_spec), req.model_spec.signature_name)
-        inputs = []
-        for name, proto in req.inputs.items():
-            try:
-                arr = tf.make_ndarray(proto)
-            except Exception as exc:  # inconsistent TensorProto (size, dtype)
-                raise InvalidInput(f"input {name!r}: bad TensorProto: {exc}") from None
-            inputs.append(InferInput(name, v2_datatype(arr.dtype), arr.shape, arr))
-        outputs = [RequestedOutput(n) for n in req.output_filter]
-        response = await model.infer(InferenceRequest(inputs, outputs=outputs))
+        with self._admit(req.model_spec) as lease:
+            model = common.for_signature(self.repository, lease.model, req.model_spec.signature_name)
+            inputs = []
+            for name, proto in req.inputs.items():
+                try:
+                    arr = tf.make_ndarray(proto)
+                except Exception as exc:  # inconsistent TensorProto (size, dtype)
+                    raise InvalidInput(f"input {name!r}: bad TensorProto: {exc}") from None
+                inputs.append(InferInput(name, v2_datatype(arr.dtype), arr.shape, arr))
+            outputs = [RequestedOutput(n) for n in req.output_filter]
+            request = InferenceRequest(inputs, outputs=outputs)
+            response = await lease.infer(request, context.time_remaining(), model=model)
         out = predict_pb2.PredictResponse()
         self._spec(out.model_spec, model)
         for o in response.outputs:
             out.outputs[o.name].CopyFrom(tf.make_tensor_proto(o.data))
         return out
 
-    async def classify(self, raw: bytes) -> Any:
+    async def classify(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         from tensorflow_serving.apis import classification_pb2
 
         req = classification_pb2.ClassificationRequest.FromString(raw)
-        model = common.for_signature(self.repository, self._model(req.model_spec), req.model_spec.signature_name)
-        results = await common.classify(model, self._examples(req.input))
+        with self._admit(req.model_spec) as lease:
+            model = common.for_signature(self.repository, lease.model, req.model_spec.signature_name)
+            results = await common.classify(lease, model, self._examples(req.input), context.time_remaining())
         out = classification_pb2.ClassificationResponse()
         self._spec(out.model_spec, model)
         for row in results:
@@ -128,26 +137,27 @@ class TFServing:
                 classifications.classes.add(label=label, score=score)
         return out
 
-    async def regress(self, raw: bytes) -> Any:
+    async def regress(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         from tensorflow_serving.apis import regression_pb2
 
         req = regression_pb2.RegressionRequest.FromString(raw)
-        model = common.for_signature(self.repository, self._model(req.model_spec), req.model_spec.signature_name)
-        values = await common.regress(model, self._examples(req.input))
+        with self._admit(req.model_spec) as lease:
+            model = common.for_signature(self.repository, lease.model, req.model_spec.signature_name)
+            values = await common.regress(lease, model, self._examples(req.input), context.time_remaining())
         out = regression_pb2.RegressionResponse()
         self._spec(out.model_spec, model)
         for v in values:
             out.result.regressions.add(value=v)
         return out
 
-    async def metadata(self, raw: bytes) -> Any:
+    async def metadata(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         from tensorflow_serving.apis import get_model_metadata_pb2 as pb
 
         req = pb.GetModelMetadataRequest.FromString(raw)
         fields = list(req.metadata_field)
         if fields != ["signature_def"]:
             raise InvalidInput(f"metadata_field must be ['signature_def'] (the only metadata served), got {fields}")
-        model = self._model(req.model_spec, admit=False)
+        model = self.plane.model(*self._model_args(req.model_spec))
         sig_map = pb.SignatureDefMap()
         for name, definition in common.signature_defs(model).items():
             sig_map.signature_def[name].CopyFrom(definition)
@@ -157,7 +167,7 @@ class TFServing:
         out.metadata["signature_def"].Pack(sig_map)
         return out
 
-    async def status(self, raw: bytes) -> Any:
+    async def status(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         from tensorflow_serving.apis import get_model_status_pb2 as pb
         from tensorflow_serving.apis.status_pb2 import StatusProto
 
@@ -180,9 +190,9 @@ class TFServing:
         return out
 
 
-def add_services(server: Any, repository: ModelRepository) -> None:
+def add_services(server: Any, plane: DataPlane) -> None:
     """Register both TF-Serving services on ``server`` (a ``grpc.aio`` server)."""
-    svc = TFServing(repository)
+    svc = TFServing(plane)
     server.add_generic_rpc_handlers(
         (
             grpc.method_handlers_generic_handler(

@@ -17,7 +17,7 @@ from aiohttp import web
 from dlinfer.builtin.json_codec import json_floats
 from dlinfer.inference import InferenceRequest
 from dlinfer.repository import ModelRepository
-from dlinfer.server.app import REPOSITORY
+from dlinfer.server.app import STATE
 from dlinfer.server.v2_http import read_body
 
 from . import common
@@ -34,38 +34,37 @@ def _json(doc: Any) -> web.Response:
     return web.Response(body=orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY), content_type="application/json")
 
 
-def _model(request: web.Request) -> Any:
-    return common.find_model(request.app[REPOSITORY], request.match_info["model"], request.match_info.get("version"))
+def _model_args(request: web.Request) -> tuple[str, str | None]:
+    return request.match_info["model"], request.match_info.get("version")
 
 
 @routes.post(MODEL + VERB)
 @routes.post(VERSION + VERB)
 async def call(request: web.Request) -> web.Response:
-    repository: ModelRepository = request.app[REPOSITORY]
+    plane = request.app[STATE]
     # Draining, unknown model or full queue: refused before the body is read.
-    admitted = common.find_model(repository, request.match_info["model"], request.match_info.get("version"), True)
-    doc = parse_body(await read_body(request))
-    model = common.for_signature(repository, admitted, doc.get("signature_name", ""))
-    verb = request.match_info["verb"]
-    if verb == "predict":
-        inputs, row = decode_tensors(doc, model.inputs)
-        response = await model.infer(InferenceRequest(inputs))
-        return web.Response(body=encode_predictions(response.outputs, row), content_type="application/json")
-    await common.import_protos()
-    examples = examples_from_json(doc)
-    # Scores and values through json_floats: NaN and infinities as tokens, not null.
-    if verb == "classify":
-        rows = await common.classify(model, examples)
-        return _json({"result": [[[label, json_floats(np.asarray(score))] for label, score in row] for row in rows]})
-    return _json({"result": json_floats(np.asarray(await common.regress(model, examples)))})
+    with plane.admit(*_model_args(request)) as lease:
+        doc = parse_body(await read_body(request))
+        model = common.for_signature(plane.repository, lease.model, doc.get("signature_name", ""))
+        verb = request.match_info["verb"]
+        if verb == "predict":
+            inputs, row = decode_tensors(doc, model.inputs)
+            response = await lease.infer(InferenceRequest(inputs), model=model)
+            return web.Response(body=encode_predictions(response.outputs, row), content_type="application/json")
+        await common.import_protos()
+        examples = examples_from_json(doc)
+        # Scores and values through json_floats: NaN and infinities as tokens, not null.
+        if verb == "classify":
+            rows = await common.classify(lease, model, examples)
+            scored = [[[label, json_floats(np.asarray(score))] for label, score in row] for row in rows]
+            return _json({"result": scored})
+        return _json({"result": json_floats(np.asarray(await common.regress(lease, model, examples)))})
 
 
 @routes.get(MODEL)
 @routes.get(VERSION)
 async def status(request: web.Request) -> web.Response:
-    statuses = common.version_status(
-        request.app[REPOSITORY], request.match_info["model"], request.match_info.get("version")
-    )
+    statuses = common.version_status(request.app[STATE].repository, *_model_args(request))
     return _json({"model_version_status": statuses})
 
 
@@ -74,7 +73,7 @@ async def status(request: web.Request) -> web.Response:
 async def metadata(request: web.Request) -> web.Response:
     from google.protobuf import json_format
 
-    model = _model(request)
+    model = request.app[STATE].model(*_model_args(request))
     await common.import_protos()
     defs = {
         name: json_format.MessageToDict(d, preserving_proto_field_name=True)
