@@ -96,22 +96,6 @@ def test_lifecycle_wrapper_routes_and_load_override(tmp_path: Path) -> None:
     assert ("unloaded", ("linear", 1)) in recorder.calls and ("unloaded", ("const", 1)) in recorder.calls
 
 
-def test_trt_plugins_catalogue_names_its_distribution() -> None:
-    class Creator:
-        name = "MyCustomOp"
-
-    class TrtOps:
-        @hookimpl
-        def dlinfer_trt_plugins(self) -> list[Any]:
-            return [Creator]
-
-    plugins = Plugins(node_config_from_dict({}))
-    plugins.register(TrtOps(), "trt_ops", "dlinfer-myops")
-    plugins.load(entry_points=False)
-    entry = plugins.registry("dlinfer_trt_plugins")["MyCustomOp"]
-    assert (entry.obj, entry.plugin, entry.distribution) == (Creator, "trt_ops", "dlinfer-myops")
-
-
 ADDOPTION_PLUGIN = '''
 from dlinfer import hookimpl
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pluggy
 
 from dlinfer import hookspecs
-from dlinfer.docgen import reference, undocumented_hooks, unexercised_hooks
+from dlinfer.docgen import hookspec_names, plugin_hookspecs, reference, undocumented_hooks, unexercised_hooks
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS_DOC = ROOT / "docs" / "hooks.md"
@@ -23,12 +23,26 @@ def _test_sources() -> list[str]:
     return [f.read_text() for f in files if f.name != "test_meta.py"]
 
 
+def _hookspec_modules() -> list[object]:
+    """The core's hookspecs and those the installed plugins declare in ``dlinfer_addhooks``."""
+    return [hookspecs, *plugin_hookspecs().values()]
+
+
 def test_every_hook_is_documented() -> None:
-    assert undocumented_hooks(hookspecs, HOOKS_DOC.read_text()) == []
+    assert [n for m in _hookspec_modules() for n in undocumented_hooks(m, HOOKS_DOC.read_text())] == []
 
 
 def test_every_hook_is_exercised_by_a_test() -> None:
-    assert unexercised_hooks(hookspecs, _test_sources()) == []
+    assert [n for m in _hookspec_modules() for n in unexercised_hooks(m, _test_sources())] == []
+
+
+def test_hooks_of_plugins_have_their_own_sections() -> None:
+    modules = plugin_hookspecs()
+    assert {"lb", "trt"} <= set(modules)
+    text = HOOKS_DOC.read_text()
+    assert text.index("## Hooks of the `lb` plugin") < text.index("### `dlinfer_balancers`")
+    assert text.index("## Hooks of the `trt` plugin") < text.index("### `dlinfer_trt_plugins`")
+    assert hookspec_names(hookspecs).count("dlinfer_balancers") == 0
 
 
 def test_a_new_undocumented_hook_is_caught() -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from dlinfer import hookimpl
 from dlinfer.config import node_config_from_dict
 from dlinfer.errors import PluginLoadError
 from dlinfer.plugins import Plugins
@@ -181,3 +182,98 @@ def _env() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if not k.startswith("DLINFER_")}
+
+
+DECLARER = """
+from dlinfer import hookimpl
+from dlinfer.hookspecs import catalogue, hookspec
+
+class Specs:
+    @catalogue
+    @hookspec
+    def dlinfer_greetings():
+        '''Return greeting classes.'''
+
+@hookimpl
+def dlinfer_addhooks(pluginmanager):
+    pluginmanager.add_hookspecs(Specs)
+"""
+
+GREETER = """
+from dlinfer import hookimpl
+
+class Hello:
+    name = "hello"
+
+@hookimpl{marker}
+def dlinfer_greetings():
+    return [Hello]
+"""
+
+
+class EarlyGreeter:
+    """Registered before the plugin that declares its hook."""
+
+    class Hi:
+        name = "hi"
+
+    @hookimpl
+    def dlinfer_greetings(self) -> list[type]:
+        return [self.Hi]
+
+
+def test_plugin_declares_hooks_for_plugins_registered_before_and_after(site: Path) -> None:
+    plugin_distribution(
+        site, "dlinfer-greetings", {"greetings": "dlinfer_test_declarer"}, {"dlinfer_test_declarer": DECLARER}
+    )
+    plugin_distribution(
+        site, "dlinfer-hello", {"hello": "dlinfer_test_hello"}, {"dlinfer_test_hello": GREETER.format(marker="")}
+    )
+    plugins = Plugins(_config())
+    plugins.register(EarlyGreeter(), "early")
+    plugins.load()
+    assert plugins.declared["greetings"] == ("dlinfer_greetings",)
+    assert "dlinfer_greetings" in plugins.catalogues()
+    assert {n: e.plugin for n, e in plugins.registry("dlinfer_greetings").items()} == {"hi": "early", "hello": "hello"}
+
+
+def test_hook_nobody_declares_stops_with_plugin_and_hook_named(site: Path) -> None:
+    plugin_distribution(
+        site, "dlinfer-greetings", {"greetings": "dlinfer_test_declarer"}, {"dlinfer_test_declarer": DECLARER}
+    )
+    plugin_distribution(
+        site, "dlinfer-hello", {"hello": "dlinfer_test_hello"}, {"dlinfer_test_hello": GREETER.format(marker="")}
+    )
+    with pytest.raises(PluginLoadError) as info:
+        Plugins(_config(disable=["greetings"])).load()
+    message = str(info.value)
+    assert "plugin 'hello' (dlinfer-hello) implements dlinfer_greetings, which no loaded plugin declares" in message
+    assert "optionalhook=True" in message
+
+
+def test_optional_hook_or_optional_plugin_loads_without_the_declaring_plugin(
+    site: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    plugin_distribution(
+        site, "dlinfer-greetings", {"greetings": "dlinfer_test_declarer"}, {"dlinfer_test_declarer": DECLARER}
+    )
+    plugin_distribution(
+        site, "dlinfer-hello", {"hello": "dlinfer_test_hello"}, {"dlinfer_test_hello": GREETER.format(marker="")}
+    )
+    plugins = Plugins(_config(disable=["greetings"], optional=["hello"])).load()
+    info = {p.name: p for p in plugins.list()}["hello"]
+    assert info.status == "failed" and "dlinfer_greetings" in info.error
+    assert not plugins.pm.has_plugin("hello")
+
+    plugin_distribution(
+        site,
+        "dlinfer-hello",
+        {"hello": "dlinfer_test_hello2"},
+        {"dlinfer_test_hello2": GREETER.format(marker="(optionalhook=True)")},
+    )
+    with caplog.at_level(logging.INFO, logger="dlinfer.plugins"):
+        plugins = Plugins(_config(disable=["greetings"])).load()
+    assert {p.name: p.status for p in plugins.list()}["hello"] == "loaded"
+    assert "'hello' implements dlinfer_greetings, which no loaded plugin declares: ignored" in caplog.text
+    with pytest.raises(PluginLoadError, match="no loaded plugin declares the hook 'dlinfer_greetings'"):
+        plugins.registry("dlinfer_greetings")

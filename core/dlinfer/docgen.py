@@ -8,6 +8,9 @@ Tests keep both files equal to what the code says, so they never drift.
 
 from __future__ import annotations
 
+import inspect
+import re
+import sys
 import typing
 from typing import Any
 
@@ -34,7 +37,8 @@ def _type_name(tp: Any) -> str:
 
 
 def _default(field: attrs.Attribute) -> str:
-    d = field.default
+    d: Any = field.default
+    # attrs' stub declares Factory a function (so that `x: list = Factory(list)` type-checks); it is a class.
     if isinstance(d, attrs.Factory):  # type: ignore[arg-type]
         d = d.factory()
     if d is None:
@@ -70,10 +74,10 @@ def _table(cls: type, title: str, lines: list[str]) -> None:
         rows.append(f"| `{f.name}` | {_type_name(tp)} | {_default(f)} | {f.metadata.get('help', '')} |")
     if rows:
         lines += [f"### {title}", "", "| key | type | default | meaning |", "| --- | --- | --- | --- |", *rows, ""]
-    for f, inner in nested:
+    for f, section in nested:
         prefix = title.strip("`[]") if title.startswith("`[") else ""
         name = f"{prefix}.{f.name}" if prefix else f.name
-        _table(inner, f"`[{name}]`", lines)
+        _table(section, f"`[{name}]`", lines)
     for f in attrs.fields(cls):
         tp = hints[f.name]
         if typing.get_origin(tp) is tuple and attrs.has(typing.get_args(tp)[0]):
@@ -88,13 +92,26 @@ def hookspec_names(module: Any) -> list[str]:
 
 
 def undocumented_hooks(module: Any, docs_text: str) -> list[str]:
-    """Hookspecs of ``module`` without a ``## `name``` section in ``docs_text``."""
-    return [n for n in hookspec_names(module) if f"## `{n}`" not in docs_text]
+    """Hookspecs of ``module`` without a ``## `name``` (or ``###``) section in ``docs_text``."""
+    return [n for n in hookspec_names(module) if not re.search(rf"^##+ `{n}`$", docs_text, re.MULTILINE)]
 
 
 def unexercised_hooks(module: Any, test_sources: list[str]) -> list[str]:
     """Hookspecs of ``module`` that no test source mentions."""
     return [n for n in hookspec_names(module) if not any(n in src for src in test_sources)]
+
+
+def plugin_hookspecs(plugins: Any = None) -> dict[str, Any]:
+    """The hookspec modules installed plugins declared in ``dlinfer_addhooks``, by plugin name."""
+    if plugins is None:
+        from .plugins import Plugins
+
+        plugins = Plugins(NodeConfig()).load()
+    specified = plugins.specified()
+    return {
+        name: sys.modules[specified[hooks[0]].spec.namespace.__name__]
+        for name, hooks in sorted(plugins.declared.items())
+    }
 
 
 def reference() -> str:
@@ -113,33 +130,53 @@ def reference() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def hooks_reference(module: Any = None) -> str:
-    """The hook reference (docs/hooks.md) from the hookspecs' signatures and docstrings."""
-    import inspect
+def _hook_sections(module: Any, lines: list[str]) -> None:
+    for name in hookspec_names(module):
+        fn = getattr(module, name)
+        flags = [k for k in ("firstresult", "historic") if fn.dlinfer_spec.get(k)]
+        if getattr(fn, "dlinfer_catalogue", False):
+            flags.append("catalogue")
+        sig = str(inspect.signature(fn)).replace("'", "")
+        lines += [f"### `{name}`", "", "```python", f"def {name}{sig}", "```", ""]
+        if flags:
+            lines += [f"*{', '.join(flags)}*", ""]
+        lines += [inspect.cleandoc(fn.__doc__ or ""), ""]
 
+
+def hooks_reference(module: Any = None, plugin_modules: dict[str, Any] | None = None) -> str:
+    """The hook reference (docs/hooks.md): the core's hookspecs, then those each installed
+    plugin declares, from their signatures and docstrings."""
     if module is None:
         from . import hookspecs as module
+    if plugin_modules is None:
+        plugin_modules = plugin_hookspecs()
     lines = [
         "# Hook reference",
         "",
-        "Generated from `core/dlinfer/hookspecs.py` by `python -m dlinfer.docgen hooks`; do not edit by hand.",
+        "Generated from `core/dlinfer/hookspecs.py` and the hookspec modules of the installed plugins by",
+        "`python -m dlinfer.docgen hooks`; do not edit by hand.",
         "",
         "All implementations of a hook are called (newest registration first) and their results collected",
         "in a list, unless the hook is *firstresult* (the first non-None result wins and the rest are",
         "skipped) or *historic* (a plugin registered later is still called with the original arguments).",
+        "A *catalogue* hook returns classes with a unique `name`; its registry is built once at start.",
         "Implement a hook by defining a function of the same name, decorated with `dlinfer.hookimpl`, in",
         "your plugin module; it may accept any subset of the arguments.",
         "",
+        "## Core hooks",
+        "",
     ]
-    for name in hookspec_names(module):
-        fn = getattr(module, name)
-        opts = fn.dlinfer_spec
-        flags = [k for k in ("firstresult", "historic") if opts.get(k)]
-        sig = str(inspect.signature(fn)).replace("'", "")
-        lines += [f"## `{name}`", "", "```python", f"def {name}{sig}", "```", ""]
-        if flags:
-            lines += [f"*{', '.join(flags)}*", ""]
-        lines += [inspect.cleandoc(fn.__doc__ or ""), ""]
+    _hook_sections(module, lines)
+    for plugin, spec_module in plugin_modules.items():
+        lines += [
+            f"## Hooks of the `{plugin}` plugin",
+            "",
+            f"Declared by `{spec_module.__name__}` through `dlinfer_addhooks`; available only where the",
+            f"`{plugin}` plugin is installed and enabled. Implementations that should load without it are",
+            "marked `@hookimpl(optionalhook=True)`.",
+            "",
+        ]
+        _hook_sections(spec_module, lines)
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -5,11 +5,15 @@ functions named like these hooks and decorated with :data:`dlinfer.hookimpl`;
 it is found through the ``dlinfer.plugins`` entry-point group (or a
 ``plugins_dir``). Built-in behaviour is registered through these same hooks.
 
-Catalogue hooks (``dlinfer_model_formats``, ``dlinfer_optimizers``,
-``dlinfer_balancers``, ``dlinfer_codecs``, ``dlinfer_processors``,
-``dlinfer_trt_plugins``) return lists of classes that each have a unique
+Catalogue hooks (marked with :func:`catalogue`: ``dlinfer_model_formats``,
+``dlinfer_converters``, ``dlinfer_optimizers``, ``dlinfer_codecs``,
+``dlinfer_processors``) return lists of classes that each have a unique
 ``name``. The core calls them once at start and builds one registry per hook;
 two classes with the same name are an error naming both distributions.
+
+A plugin may declare hooks of its own (dlinfer-trt's ``dlinfer_trt_plugins``,
+dlinfer-lb's ``dlinfer_balancers``) in ``dlinfer_addhooks``, as pytest plugins
+do in ``pytest_addhooks``; they are documented in docs/hooks.md beside these.
 
 Hook modules must stay light to import: import frameworks (torch, tensorflow,
 tensorrt) inside the functions that need them, never at module top.
@@ -18,8 +22,9 @@ tensorrt) inside the functions that need them, never at module top.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
 
@@ -34,10 +39,36 @@ if TYPE_CHECKING:
     from .server.app import NodeState
 
 hookspec = pluggy.HookspecMarker("dlinfer")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def catalogue(spec: F) -> F:
+    """Mark a hookspec as a catalogue: the core builds its registry at start, refusing duplicates."""
+    spec.dlinfer_catalogue = True  # type: ignore[attr-defined]
+    return spec
+
 
 # --------------------------------------------------------------------------
 # Lifecycle
 # --------------------------------------------------------------------------
+
+
+@hookspec(historic=True)
+def dlinfer_addhooks(pluginmanager: pluggy.PluginManager) -> None:
+    """Declare the hooks this plugin offers to other plugins.
+
+    Called when the plugin is registered (historic: every plugin registered
+    after the core's manager exists gets the call), before the core checks that
+    every hook implementation has a spec. Call
+    ``pluginmanager.add_hookspecs(module)`` with a module of ``@hookspec``
+    functions (``dlinfer.hookspecs.hookspec``); mark catalogues with
+    :func:`catalogue`. Implementations of those hooks may be registered before
+    or after the declaring plugin. A plugin implementing a hook that no loaded
+    plugin declares stops the node with a :class:`dlinfer.PluginLoadError`
+    naming plugin and hook, unless the implementation is marked
+    ``@hookimpl(optionalhook=True)`` (it is then ignored while the declaring
+    plugin is absent) or the plugin is listed in ``[plugins] optional``.
+    """
 
 
 @hookspec
@@ -84,8 +115,8 @@ def dlinfer_plugins_loaded(plugins: Plugins) -> None:
     every ``dlinfer-core`` command (``models``, ``optimize``, ...), before any model loads.
 
     Historic: a plugin registered later still receives the call. Use it for process-wide
-    set-up that needs other plugins' hooks (dlinfer-trt registers the operator plugins
-    of ``dlinfer_trt_plugins`` here, so engines that use them deserialize everywhere).
+    set-up that needs other plugins' hooks (e.g. registering what another plugin's catalogue
+    provides with a framework, so models that need it load everywhere).
     """
 
 
@@ -111,6 +142,7 @@ def dlinfer_shutdown(app: web.Application) -> Any:
 # --------------------------------------------------------------------------
 
 
+@catalogue
 @hookspec
 def dlinfer_model_formats() -> list[type[Loader]]:
     """Return loader classes (subclasses of :class:`dlinfer.Loader`).
@@ -147,6 +179,7 @@ def dlinfer_model_unloaded(name: str, version: int) -> None:
     """A model version stopped being served; its in-flight requests finished and its memory was released."""
 
 
+@catalogue
 @hookspec
 def dlinfer_converters() -> list[type]:
     """Return model converter classes for ``dlinfer-core convert``.
@@ -163,6 +196,7 @@ def dlinfer_converters() -> list[type]:
 # --------------------------------------------------------------------------
 
 
+@catalogue
 @hookspec
 def dlinfer_optimizers() -> list[type]:
     """Return optimizer classes (subclasses of :class:`dlinfer.optimize.Optimizer`).
@@ -177,42 +211,6 @@ def dlinfer_optimizers() -> list[type]:
     rejected with a logged reason and the runner before it is kept.
     ``reduced_precision = True`` marks bf16/int8-style optimizers, which carry
     their own default ``tolerance``.
-    """
-
-
-# --------------------------------------------------------------------------
-# TensorRT operator plugins
-# --------------------------------------------------------------------------
-
-
-@hookspec
-def dlinfer_trt_plugins() -> list[Any]:
-    """Return TensorRT operator plugins for custom ONNX ops.
-
-    Each item has a ``name`` (the ONNX op type it implements) and either has
-    ``library``, the path of a shared library that registers its creators, or
-    stands for a plugin creator: an item with a ``creator()`` factory returning
-    one (so the hook module need not import tensorrt), a creator class (a
-    ``trt.IPluginCreatorV3One`` subclass), or a creator object. dlinfer-trt
-    registers them with TensorRT's plugin registry at node start (when a GPU
-    is usable) and before any ONNX model is parsed.
-    """
-
-
-# --------------------------------------------------------------------------
-# Load balancing
-# --------------------------------------------------------------------------
-
-
-@hookspec
-def dlinfer_balancers() -> list[type]:
-    """Return balancing strategy classes for the ``dlinfer-lb`` gateway.
-
-    Each has ``name``, ``pick(model, candidates, request) -> node`` and
-    ``observe(node, outcome, latency_s)`` (``outcome`` is ``"success"`` or
-    ``"failure"``). The gateway makes one instance per model, passing
-    ``policy=`` (the model's routing settings) when the constructor takes it;
-    ``[plugins.lb] strategy`` or a model's own ``strategy`` names one.
     """
 
 
@@ -263,6 +261,7 @@ def dlinfer_codecs() -> list[type]:
     """Return request/response codec classes for the V2 HTTP endpoint.
 
     Each has ``name``, ``accepts(content_type, headers) -> bool``,
+@catalogue
     ``decode(body, headers) -> InferenceRequest`` and
     ``encode(response, request) -> (body, headers)``. The first codec whose
     ``accepts`` is true for a request decodes it; JSON is built in.
@@ -279,6 +278,7 @@ def dlinfer_processors() -> list[type]:
     """Return processor classes a model config can name in ``preprocess`` or
     ``postprocess``.
 
+@catalogue
     Each has ``name`` and ``__call__(tensors: dict[str, ndarray], config) ->
     dict[str, ndarray]``; it runs in the model's worker thread. One instance
     serves one model version. Optionally a pre-processor has

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import importlib
 import importlib.metadata as md
 import importlib.util
@@ -31,17 +32,6 @@ BUILTIN_PLUGINS = (
     "dlinfer.server.openapi",
     "dlinfer.server.console",
     "dlinfer.server.metrics",
-)
-
-#: Catalogue hooks and the registry each one builds.
-CATALOGUES = (
-    "dlinfer_model_formats",
-    "dlinfer_converters",
-    "dlinfer_optimizers",
-    "dlinfer_trt_plugins",
-    "dlinfer_balancers",
-    "dlinfer_codecs",
-    "dlinfer_processors",
 )
 
 hookimpl = pluggy.HookimplMarker("dlinfer")
@@ -96,7 +86,11 @@ class Plugins:
         self.config: NodeConfig = config or NodeConfig()
         self.pm = pluggy.PluginManager("dlinfer")
         self.pm.add_hookspecs(hookspecs)
+        # Historic: each plugin registered from now on declares its own hooks as it registers.
+        self.pm.hook.dlinfer_addhooks.call_historic(kwargs={"pluginmanager": self.pm})
         self.infos: dict[str, PluginInfo] = {}
+        #: Hook names each plugin declared in ``dlinfer_addhooks`` (docs/hooks.md has a section per plugin).
+        self.declared: dict[str, tuple[str, ...]] = {}
         self._registries: dict[str, dict[str, Entry]] = {}
         if _env_flag("DLINFER_TRACE_PLUGINS"):
             self.pm.trace.root.setwriter(lambda msg: log.info("trace: %s", msg.rstrip()))
@@ -125,6 +119,7 @@ class Plugins:
             self._load_entry_points(disabled)
         if self.config.plugins_dir:
             self._load_dir(self.config.plugins_dir, disabled)
+        self.check_hooks()
         self.pm.hook.dlinfer_configure.call_historic(kwargs={"config": self.config})
         self.pm.hook.dlinfer_plugins_loaded.call_historic(kwargs={"plugins": self})
         return self
@@ -192,7 +187,10 @@ class Plugins:
         if self.pm.has_plugin(name):
             other = self.infos[name].distribution
             raise PluginLoadError(f"plugin name {name!r} is registered twice: by {other} and by {dist}")
+        before = set(self.specified())
         self.pm.register(plugin, name=name)
+        if added := tuple(sorted(set(self.specified()) - before)):
+            self.declared[name] = added
         hooks = tuple(sorted(h.name for h in self.pm.get_hookcallers(plugin) or ()))
         self._record(name, dist, "loaded", version=version, hooks=hooks)
 
@@ -212,15 +210,57 @@ class Plugins:
 
     def list(self) -> list[PluginInfo]:
         """Every plugin; loaded ones that report a reason via ``dlinfer_unavailable`` show as unavailable."""
-        reasons = {}
+        reasons: dict[str, str] = {}
         for impl in self.pm.hook.dlinfer_unavailable.get_hookimpls():
             reason = impl.function()
             if reason:
-                reasons[impl.plugin_name] = reason
+                reasons[impl.plugin_name] = str(reason)
         return [
             attrs.evolve(info, status="unavailable", error=reasons[name]) if name in reasons else info
             for name, info in self.infos.items()
         ]
+
+    # ------------------------------------------------------------------ hooks
+
+    def specified(self) -> dict[str, Any]:
+        """Every declared hook (the core's and those plugins added), by name: its hook caller."""
+        return {name: hc for name, hc in vars(self.pm.hook).items() if not name.startswith("_") and hc.has_spec()}
+
+    def declaring_plugin(self, hook_name: str) -> str | None:
+        """The plugin whose ``dlinfer_addhooks`` declared ``hook_name`` (None for the core's hooks)."""
+        return next((p for p, names in self.declared.items() if hook_name in names), None)
+
+    def check_hooks(self) -> None:
+        """Refuse implementations of hooks that no loaded plugin declares (pluggy's ``check_pending``).
+
+        Such a hook usually belongs to a plugin that is not installed or is disabled. An
+        implementation marked ``optionalhook=True`` is skipped with a log line; a plugin listed
+        in ``[plugins] optional`` is unregistered with a warning; any other stops the node.
+        """
+        unknown: dict[str, list[str]] = {}
+        for name, hc in vars(self.pm.hook).items():
+            if name.startswith("_") or hc.has_spec():
+                continue
+            for impl in hc.get_hookimpls():
+                if impl.optionalhook:
+                    log.info(
+                        "plugin %r implements %s, which no loaded plugin declares: ignored", impl.plugin_name, name
+                    )
+                else:
+                    unknown.setdefault(impl.plugin_name, []).append(name)
+        for plugin_name, hooks in unknown.items():
+            info = self.infos[plugin_name]
+            msg = (
+                f"plugin {plugin_name!r} ({info.distribution}) implements {', '.join(sorted(hooks))}, which no "
+                "loaded plugin declares: install and enable the plugin that declares it, disable "
+                f"{plugin_name!r}, or mark the implementation @hookimpl(optionalhook=True)"
+            )
+            if plugin_name not in self.config.plugins.optional:
+                raise PluginLoadError(msg)
+            log.warning("%s; continuing without it because it is optional", msg)
+            self.pm.unregister(name=plugin_name)
+            self._record(plugin_name, info.distribution, "failed", version=info.version, error=msg)
+        self.pm.check_pending()
 
     # ------------------------------------------------------------- registries
 
@@ -229,7 +269,9 @@ class Plugins:
         if hook_name in self._registries:
             return self._registries[hook_name]
         entries: dict[str, Entry] = {}
-        caller = getattr(self.pm.hook, hook_name)
+        caller = self.specified().get(hook_name)
+        if caller is None:
+            raise PluginLoadError(f"no loaded plugin declares the hook {hook_name!r}")
         for impl in caller.get_hookimpls():  # registration order (pluggy lists them so)
             items = impl.function() or []
             pinfo = self.infos.get(impl.plugin_name)
@@ -252,7 +294,14 @@ class Plugins:
         self._registries[hook_name] = entries
         return entries
 
+    # builtins.list: in this class body ``list`` is the method above.
+    def catalogues(self) -> builtins.list[str]:
+        """Names of the catalogue hooks declared by the core and the loaded plugins."""
+        return sorted(
+            name for name, hc in self.specified().items() if getattr(hc.spec.function, "dlinfer_catalogue", False)
+        )
+
     def check_registries(self) -> None:
         """Build every catalogue now so duplicates stop the node at start."""
-        for hook_name in CATALOGUES:
+        for hook_name in self.catalogues():
             self.registry(hook_name)

@@ -7,15 +7,19 @@ import subprocess
 import sys
 import typing
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from dlinfer import ModelConfig, ModelLoadError, TensorSpec
+from dlinfer import ModelConfig, ModelLoadError, TensorSpec, hookimpl
+from dlinfer.config import node_config_from_dict
+from dlinfer.errors import PluginLoadError
 from dlinfer.model import model_config_from_dict
-from dlinfer.testing import RunningNode, node_config, onnx_linear_model, write_model
+from dlinfer.plugins import Plugins
+from dlinfer.testing import RunningNode, node_config, onnx_linear_model, plugin_distribution, write_model
 from dlinfer_trt import availability
 from dlinfer_trt.cache import EngineCache, EngineKey, decide
 from dlinfer_trt.calibration import calibration_batches, read_calibration_rows
@@ -175,6 +179,60 @@ def test_custom_ops_found_in_graph_and_subgraphs() -> None:
     assert "FancyAct (domain 'com.example')" in str(info.value)
     assert "dlinfer_trt_plugins" in str(info.value)
     assert custom_ops(onnx.load_from_string(onnx_linear_model())) == []
+
+
+def test_trt_plugins_catalogue_names_its_distribution() -> None:
+    import dlinfer_trt.plugin
+
+    class Creator:
+        name = "MyCustomOp"
+
+    class TrtOps:
+        @hookimpl
+        def dlinfer_trt_plugins(self) -> list[Any]:
+            return [Creator]
+
+    plugins = Plugins(node_config_from_dict({}))
+    plugins.register(TrtOps(), "trt_ops", "dlinfer-myops")  # before the plugin that declares the hook
+    plugins.register(dlinfer_trt.plugin, "trt", "dlinfer-trt")
+    plugins.load(entry_points=False)
+    assert plugins.declared["trt"] == ("dlinfer_trt_plugins",)
+    entry = plugins.registry("dlinfer_trt_plugins")["MyCustomOp"]
+    assert (entry.obj, entry.plugin, entry.distribution) == (Creator, "trt_ops", "dlinfer-myops")
+
+
+OPERATOR_PLUGIN = """
+from dlinfer import hookimpl
+
+class MyOp:
+    name = "MyOp"
+    library = "/nonexistent/libmyop.so"
+
+@hookimpl
+def dlinfer_trt_plugins():
+    return [MyOp]
+"""
+
+
+def test_operator_plugin_without_dlinfer_trt_is_refused_by_name(tmp_path: Path, monkeypatch) -> None:
+    """A third-party operator plugin on a node without dlinfer-trt (only it is autoloaded here)
+    stops the node with its name and the hook, not deep inside pluggy; listed as optional, the
+    node starts without it."""
+    plugin_distribution(
+        tmp_path, "dlinfer-myops", {"myops": "dlinfer_test_myops"}, {"dlinfer_test_myops": OPERATOR_PLUGIN}
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("DLINFER_DISABLE_PLUGIN_AUTOLOAD", "1")
+    monkeypatch.setenv("DLINFER_PLUGINS", "myops")
+    with pytest.raises(PluginLoadError) as info:
+        Plugins(node_config_from_dict({})).load()
+    message = str(info.value)
+    assert "plugin 'myops' (dlinfer-myops) implements dlinfer_trt_plugins, which no loaded plugin declares" in message
+    assert "optionalhook=True" in message
+    plugins = Plugins(node_config_from_dict({"plugins": {"optional": ["myops"]}})).load()
+    assert {p.name: p.status for p in plugins.list()}["myops"] == "failed"
+    monkeypatch.setenv("DLINFER_PLUGINS", "myops,trt")
+    assert "MyOp" in Plugins(node_config_from_dict({})).load().registry("dlinfer_trt_plugins")
 
 
 def test_plugin_creator_from_factory_class_or_object() -> None:

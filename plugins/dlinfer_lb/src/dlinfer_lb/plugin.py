@@ -1,7 +1,7 @@
 """Entry point of the ``lb`` plugin.
 
-It always offers the built-in balancing strategies through
-``dlinfer_balancers``. It changes a node only when ``[plugins.lb]`` says so:
+It declares the ``dlinfer_balancers`` hook (:mod:`.hookspecs`) and always
+offers the built-in balancing strategies through it. It changes a node only when ``[plugins.lb]`` says so:
 ``enabled = true`` turns the process into a gateway, and
 ``[plugins.lb.register]`` makes a node announce itself to gateways.
 """
@@ -14,6 +14,13 @@ from dlinfer import hookimpl
 from dlinfer.config import NodeConfig
 
 from .settings import load_settings
+
+
+@hookimpl
+def dlinfer_addhooks(pluginmanager: Any) -> None:
+    from . import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
 
 
 @hookimpl

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from dlinfer import hookimpl
+from dlinfer.api import hookimpl
 
 if TYPE_CHECKING:
-    from dlinfer.plugins import Plugins
+    import pluggy
+
+    from dlinfer.api import Plugins
+
+
+@hookimpl
+def dlinfer_addhooks(pluginmanager: pluggy.PluginManager) -> None:
+    from . import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
 
 
 @hookimpl

@@ -7,7 +7,7 @@ dlinfer internals, only the public API (``dlinfer.hookimpl``, ``Loader``,
 
 from __future__ import annotations
 
-from dlinfer import hookimpl
+from dlinfer.api import hookimpl
 
 from .balancer import FailoverBalancer
 from .loader import NpzLoader
@@ -20,6 +20,7 @@ def dlinfer_model_formats() -> list[type]:
     return [NpzLoader]
 
 
-@hookimpl
+# dlinfer-lb declares this hook; optional, so .npz models are served where it is not installed.
+@hookimpl(optionalhook=True)
 def dlinfer_balancers() -> list[type]:
     return [FailoverBalancer]
