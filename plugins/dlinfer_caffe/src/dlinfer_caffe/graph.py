@@ -6,6 +6,7 @@ from typing import Any
 
 import attrs
 import numpy as np
+import numpy.typing as npt
 from onnx import helper, numpy_helper
 
 
@@ -29,7 +30,7 @@ class Graph:
             name = f"{base}_{n}"
         return self.reserve(name)
 
-    def const(self, value: np.ndarray | list[Any], base: str, dtype: Any = np.float32) -> str:
+    def const(self, value: npt.ArrayLike, base: str, dtype: Any = np.float32) -> str:
         """Add an initializer; returns its name."""
         name = self.fresh(base)
         self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))

@@ -10,7 +10,8 @@ nodes keep the batch dimension free wherever Caffe's semantics allow.
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -39,7 +40,7 @@ def fail(io_or_layer: LayerIO | caffe_pb2.LayerParameter, why: str) -> ModelLoad
     return ModelLoadError(f"layer {layer.name!r} ({layer.type}): {why}")
 
 
-def count(shape: Shape) -> int:
+def count(shape: Sequence[int]) -> int:
     return math.prod(shape)
 
 
@@ -278,7 +279,7 @@ class Pooling(Rule):
             )
             size = [min(e, i) for e, i in zip(ends, size, strict=True)]
         extra = [e - i for e, i in zip(ends, size, strict=True)]  # >= 0 now: cells past the input's end
-        common = {"kernel_shape": kernel, "strides": strides}
+        common: dict[str, Any] = {"kernel_shape": kernel, "strides": strides}
         if is_max:
             g.node("MaxPool", [x], io.tops[0], pads=pads + extra, **common)
         else:

@@ -79,15 +79,20 @@ def write_caffe_model(
     folder.mkdir(parents=True, exist_ok=True)
     deploy = caffe_pb2.NetParameter()
     deploy.CopyFrom(net)
-    for layer in [*deploy.layer, *deploy.layers]:
+    for layer in _entries(deploy):
         del layer.blobs[:]
     (folder / PROTOTXT).write_text(text_format.MessageToString(deploy))
     trained = caffe_pb2.NetParameter()
     trained.CopyFrom(deploy)
-    for layer in [*trained.layer, *trained.layers]:
+    for layer in _entries(trained):
         layer.blobs.extend(array_to_blob(a, legacy_blobs) for a in weights.get(layer.name, []))
     (folder / caffemodel).write_bytes(trained.SerializeToString())
     return weights
+
+
+def _entries(net: caffe_pb2.NetParameter) -> list[caffe_pb2.LayerParameter | caffe_pb2.V1LayerParameter]:
+    """The net's ``layer`` and legacy ``layers`` entries, as they are (not upgraded)."""
+    return [*net.layer, *net.layers]
 
 
 def write_mean_file(path: Path, mean: np.ndarray) -> None:
