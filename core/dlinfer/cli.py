@@ -170,7 +170,7 @@ def cmd_models(config: NodeConfig, plugins: Plugins, ns: argparse.Namespace) -> 
 
 def cmd_convert(plugins: Plugins, ns: argparse.Namespace) -> int:
     from .convert import ConvertOptions, detect_format, find_converter
-    from .model import model_config_from_dict
+    from .model import ModelConfig, model_config_from_dict
     from .settings import read_toml
 
     src: Path = ns.src
@@ -178,7 +178,9 @@ def cmd_convert(plugins: Plugins, ns: argparse.Namespace) -> int:
         raise ConfigError(f"{src}: no such file or folder")
     source = ns.source or detect_format(plugins, src)
     converter = find_converter(plugins, source, ns.target)
-    model_config = model_config_from_dict(read_toml(ns.model_config), ns.model_config) if ns.model_config else None
+    model_config = (
+        model_config_from_dict(read_toml(ns.model_config), ns.model_config) if ns.model_config else ModelConfig()
+    )
     extra = {}
     for item in ns.option:
         key, sep, value = item.partition("=")
@@ -190,7 +192,7 @@ def cmd_convert(plugins: Plugins, ns: argparse.Namespace) -> int:
         dynamic_batch=not ns.static_batch,
         validate=not ns.no_validate,
         extra=extra,
-        **({"model_config": model_config} if model_config else {}),
+        model_config=model_config,
     )
     dst = ns.output or (src if src.is_dir() else src.parent) / f"model.{ns.target}"
     result = converter.convert(src, dst, options)
@@ -240,13 +242,14 @@ def cmd_optimize(config: NodeConfig, plugins: Plugins, ns: argparse.Namespace) -
             pipelines = candidate_pipelines(plugins, probe, ctx, ns.reduced_precision)
         finally:
             probe.close()
-    try:
-        from tqdm import tqdm
 
-        def progress(items: Any) -> Any:
-            return tqdm(items, desc=f"optimizing {ns.model}", unit="variant", file=sys.stderr)
-    except ImportError:
-        progress = iter
+    def progress(items: Sequence[Any]) -> Any:
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return iter(items)
+        return tqdm(items, desc=f"optimizing {ns.model}", unit="variant", file=sys.stderr)
+
     variants = autotune(load, plain, path, plugins, pipelines, sizes, min_s=ns.min_seconds, progress=progress)
     rows = []
     for v in variants:

@@ -32,7 +32,7 @@ class StderrHandler(logging.StreamHandler):
     a process that swaps it (a test runner capturing output, a daemon redirecting it) keeps
     its log instead of writing to a closed stream."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> TextIO:
         return sys.stderr
 

@@ -393,7 +393,8 @@ def candidate_pipelines(
 ) -> list[tuple[str, ...]]:
     """The model as loaded, each full-precision optimizer that applies, and (if asked) each
     reduced-precision one alone and after each optimizer it ``refines``."""
-    full, reduced = [], []
+    full: list[type[Optimizer]] = []
+    reduced: list[type[Optimizer]] = []
     for entry in plugins.registry("dlinfer_optimizers").values():
         cls = entry.obj
         if not getattr(cls, "autotune", True):

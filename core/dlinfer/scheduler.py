@@ -361,6 +361,7 @@ class DirectScheduler(_Admission):
         elif call.error is not None:
             fut.set_exception(call.error)
         else:
+            assert call.outputs is not None  # DONE without an error: the runner returned them
             fut.set_result(call.outputs)
 
     def refuse_queued(self, error: Exception) -> None:

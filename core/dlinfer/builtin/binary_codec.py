@@ -84,7 +84,7 @@ def tensor_to_bytes(arr: np.ndarray, datatype: str) -> bytes | memoryview:
         return b"".join(parts)
     dtype = numpy_dtype(datatype).newbyteorder("<")
     # A flat uint8 view, not memoryview.cast: cast refuses views with a zero in the shape (empty batches).
-    return memoryview(np.ascontiguousarray(arr, dtype=dtype).reshape(-1).view(np.uint8))
+    return np.ascontiguousarray(arr, dtype=dtype).reshape(-1).view(np.uint8).data
 
 
 class _Tail:

@@ -19,7 +19,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 LOGGER = logging.getLogger("aiohttp.server")
 
 
-class ProtocolLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+class ProtocolLog(logging.LoggerAdapter[logging.Logger]):
     """The logger handed to aiohttp's request handler (``AppRunner(logger=...)``)."""
 
     def __init__(self, logger: logging.Logger = LOGGER) -> None:

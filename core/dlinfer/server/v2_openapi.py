@@ -255,7 +255,7 @@ def describe(spec: dict[str, Any], app: web.Application) -> None:
     spec["components"]["schemas"].update(SCHEMAS)
     config = app[CONFIG]
     # The spec tells clients (and the console) whether model control needs the token.
-    security = [{"controlToken": []}] if config.repository.control_token else []
+    security: list[dict[str, list[str]]] = [{"controlToken": []}] if config.repository.control_token else []
     paths = spec["paths"]
     paths["/v2"] = {
         "get": _op("serverMetadata", "Server metadata", "v2", {"200": json_response("metadata", ref("ServerMetadata"))})
