@@ -226,9 +226,9 @@ def load_settings(config: NodeConfig) -> LbSettings:
         missing = "key_file" if settings.tls.cert_file else "cert_file"
         raise ConfigError(f"{config.source}: {PREFIX}.tls.{missing}: required with the other (a PEM file path)")
     if settings.enabled:
-        missing = [p for p in LOCAL_V2_PLUGINS if p not in config.plugins.disable and _is_builtin(p)]
-        if missing:
-            listed = ", ".join(f'"{p}"' for p in missing)
+        frontends = [p for p in LOCAL_V2_PLUGINS if p not in config.plugins.disable and _is_builtin(p)]
+        if frontends:
+            listed = ", ".join(f'"{p}"' for p in frontends)
             raise ConfigError(
                 f"{config.source}: {PREFIX}.enabled: a gateway answers the V2 API by forwarding to its nodes, "
                 f"so the node's own V2 frontends must be off; add [plugins] disable = [{listed}]"

@@ -70,9 +70,11 @@ def settings_from(config: Any) -> ThreadSettings:
             raise ConfigError(
                 f"{config.source}: plugins.mkl.{key} is not a setting (known: {', '.join(sorted(known))})"
             )
-        want = str if key == "kmp_affinity" else int
-        if not isinstance(value, want) or isinstance(value, bool) or (want is int and value < 0):
-            kind = "a string" if want is str else "an integer >= 0"
+        if key == "kmp_affinity":
+            valid, kind = isinstance(value, str), "a string"
+        else:
+            valid, kind = isinstance(value, int) and not isinstance(value, bool) and value >= 0, "an integer >= 0"
+        if not valid:
             raise ConfigError(f"{config.source}: plugins.mkl.{key} must be {kind}, got {value!r}")
     if not table.get("intra_op"):
         table["intra_op"] = config.threads.intra_op or physical_cores()

@@ -95,7 +95,9 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 
 def _parameter(config: ModelConfig, key: str, default: Any, kind: type, word: str) -> Any:
     value = config.parameters.get(key, default)
-    if not isinstance(value, kind) or (kind is list and not all(isinstance(v, str) for v in value)):
+    if not isinstance(value, kind) or (
+        isinstance(value, list) and kind is list and not all(isinstance(v, str) for v in value)
+    ):
         raise ModelLoadError(f"parameters.{key} must be {word}, got {value!r}")
     return value
 

@@ -70,7 +70,8 @@ def make(cls: type[nn.Module], seed: int = 0, **kwargs: Any) -> nn.Module:
     torch.manual_seed(seed)
     module = cls(**kwargs)
     for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
+        # None without running statistics (track_running_stats=False): nothing to randomise.
+        if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None and m.running_var is not None:
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 1.5)
     return module.eval()

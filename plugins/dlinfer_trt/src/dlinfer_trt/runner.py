@@ -37,7 +37,7 @@ class _Buffer:
     def host_view(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         nbytes = int(np.prod(shape)) * dtype.itemsize
         raw = (ctypes.c_byte * nbytes).from_address(self.host)
-        return np.frombuffer(raw, dtype=dtype).reshape(shape)
+        return np.frombuffer(memoryview(raw), dtype=dtype).reshape(shape)
 
     def free(self) -> None:
         if self.host:
