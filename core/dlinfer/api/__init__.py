@@ -13,6 +13,8 @@ Hooks
     - ``hookimpl`` — marks a function as the implementation of a hook.
     - ``hookspec`` — marks a function as a hook specification, for plugins that
       declare hooks of their own (in ``dlinfer_addhooks``).
+    - ``catalogue`` — marks such a hook specification as a catalogue: a registry of named
+      classes built at start, duplicates refused.
     - ``Plugins`` — the node's plugin manager: ``registry(hook_name)``, ``hook``, ``config``.
     - ``BUILTIN_PLUGINS`` — module names of the built-in plugins (what ``[plugins] disable`` may name).
 
@@ -118,7 +120,7 @@ from ..errors import (
     Unauthenticated,
     Unavailable,
 )
-from ..hookspecs import hookspec
+from ..hookspecs import catalogue, hookspec
 from ..inference import InferenceRequest, InferenceResponse, InferInput, InferOutput, RequestedOutput
 from ..model import (
     Loader,
@@ -190,6 +192,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "build",
+    "catalogue",
     "compare_outputs",
     "custom_ops",
     "element_count",
