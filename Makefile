@@ -27,11 +27,12 @@ examples: install
 run: examples
 	$(BIN)/dlinfer-core --config examples/node.toml --port $(PORT)
 
-test: install
+test: install lint
 	$(BIN)/python -m pytest -q
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) examples/models build dist
