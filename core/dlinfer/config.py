@@ -57,7 +57,7 @@ class ServerConfig:
     access_log: bool = setting(
         False,
         "One log record per HTTP request on the `dlinfer.access` logger: client, method, path, status, bytes sent, "
-        "milliseconds (fields under `http` with `logging.format = \"json\"`).",
+        'milliseconds (fields under `http` with `logging.format = "json"`).',
     )
     keep_freed_memory: bool = setting(
         True,
@@ -172,7 +172,10 @@ class ThreadsConfig:
     """Framework thread pools."""
 
     intra_op: int = setting(
-        0, "Framework threads per model instance; `0`: the number of cores.", validator=in_range(0, 1024)
+        0,
+        "Framework intra-op threads per model instance; `0`: the CPUs this process may use, shared among "
+        "a model's instances.",
+        validator=in_range(0, 1024),
     )
     inter_op: int = setting(1, "Framework inter-op threads.", validator=in_range(0, 1024))
 

@@ -131,7 +131,11 @@ class ModelConfig:
     output: tuple[TensorConfig, ...] = setting((), "Outputs; checked against the model file at load.")
     version_policy: VersionPolicy = setting(VersionPolicy(), "Which versions to serve.")
     instance_count: int = setting(1, "Parallel executions of this model.", validator=in_range(1, 64))
-    threads: int = setting(0, "Intra-op threads for this model; `0`: the node's setting.", validator=in_range(0, 1024))
+    threads: int = setting(
+        0,
+        "Intra-op threads per instance of this model; `0`: the node's `[threads] intra_op`.",
+        validator=in_range(0, 1024),
+    )
     device: str = setting("cpu", "Where the backend runs it, e.g. `cpu` or `cuda:0`.")
     timeout_ms: int = setting(
         0, "Per-request deadline; `0`: none. A request's `timeout` parameter (µs) overrides it.", validator=in_range(0)
@@ -228,11 +232,20 @@ class Loader(abc.ABC):
         """Load the version folder ``path``; raise :class:`ModelLoadError` with the reason."""
 
     def threads(self, config: ModelConfig) -> int:
-        """Intra-op threads for one instance of a model: its own setting, else the node's.
+        """Intra-op threads for one instance of ``config``'s model: size every session or
+        framework pool a loader creates with this (see :func:`intra_op_threads`)."""
+        return intra_op_threads(config, self.node_config)
 
-        With neither set, the cores are shared among the model's instances
-        (``instance_count`` × threads ≤ cores), so instances do not fight for them.
-        """
-        if config.threads or self.node_config.threads.intra_op:
-            return config.threads or self.node_config.threads.intra_op
-        return max(1, self.node_config.intra_op_threads // config.instance_count)
+
+def intra_op_threads(config: ModelConfig, node_config: NodeConfig) -> int:
+    """The effective intra-op thread count of one instance of a model: the one rule that
+    loaders (:meth:`Loader.threads`) and optimizers (``OptimizeContext.threads``) follow.
+
+    The model's ``threads``, else the node's ``[threads] intra_op``: both count threads per
+    instance, as ONNX Runtime's and Triton's settings do. With neither set, the CPUs this
+    process may use are shared among the model's ``instance_count`` instances (at least one
+    each), so instances do not fight for the cores. ``config.threads`` alone is not the
+    count: it is 0 when only the node sets it.
+    """
+    explicit = config.threads or node_config.threads.intra_op
+    return explicit or max(1, node_config.intra_op_threads // config.instance_count)

@@ -24,7 +24,7 @@ import numpy as np
 
 from .datatypes import numpy_dtype
 from .errors import ConfigError, ModelLoadError
-from .model import ModelConfig, OptimizeTolerance, Runner, TensorSpec
+from .model import ModelConfig, OptimizeTolerance, Runner, TensorSpec, intra_op_threads
 from .numerics import Comparison, compare_outputs
 
 if TYPE_CHECKING:
@@ -60,10 +60,8 @@ class OptimizeContext:
 
     def threads(self) -> int:
         """Intra-op threads per instance for a new session, by the rule loaders use
-        (:meth:`dlinfer.Loader.threads`): the model's setting, else the node's, else the
-        cores shared among the model's instances."""
-        explicit = self.config.threads or self.node_config.threads.intra_op
-        return explicit or max(1, self.node_config.intra_op_threads // self.config.instance_count)
+        (:func:`dlinfer.model.intra_op_threads`)."""
+        return intra_op_threads(self.config, self.node_config)
 
 
 class Optimizer(abc.ABC):

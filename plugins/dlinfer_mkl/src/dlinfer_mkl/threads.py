@@ -21,8 +21,7 @@ from typing import Any
 
 import attrs
 
-from dlinfer import ConfigError, Runner
-from dlinfer.optimize import OptimizeContext, Optimizer
+from dlinfer.api import ConfigError, OptimizeContext, Optimizer, Runner
 
 log = logging.getLogger("dlinfer.mkl")
 
@@ -110,10 +109,10 @@ def apply_process_settings(s: ThreadSettings, environ: Any = os.environ) -> dict
 class Threads(Optimizer):
     """Size a model's math thread pool to the physical cores (or ``intra_op``).
 
-    Options: ``intra_op`` (default: the model's ``threads``, else the physical cores divided
-    among the model's ``instance_count`` instances).
-    ONNX Runtime and OpenVINO sessions are rebuilt with the new count; torch's pool is
-    process-wide, so its size is set for every torch model of the node.
+    Options: ``intra_op`` (default: the model's ``threads``, else the node's ``[threads]
+    intra_op``, else the physical cores divided among the model's ``instance_count``
+    instances). ONNX Runtime and OpenVINO sessions are rebuilt with the new count; a torch
+    model's worker threads take it before their next call (see ``dlinfer_torch.threads``).
     """
 
     name = "threads"
@@ -121,17 +120,21 @@ class Threads(Optimizer):
     autotune = False
 
     def optimize(self, runner: Runner, ctx: OptimizeContext) -> Runner:
-        # One math thread per physical core, shared among the model's instances.
-        n = int(ctx.options.get("intra_op", 0)) or ctx.config.threads
+        n = int(ctx.options.get("intra_op", 0))
+        if not n and (ctx.config.threads or ctx.node_config.threads.intra_op):
+            n = ctx.threads()  # what the operator set, by the rule loaders follow
+        # Otherwise one math thread per physical core, shared among the model's instances.
         n = n or max(1, physical_cores() // ctx.config.instance_count)
         platform = getattr(runner, "platform", "")
         if platform.startswith("pytorch"):
             import torch
 
-            torch.set_num_threads(n)
+            torch.set_num_threads(n)  # sizes a process-wide pool (non-OpenMP builds)
+            if hasattr(runner, "threads"):
+                runner.threads = n  # OpenMP: each worker thread sets its own team size
             return runner
         if platform == "onnxruntime_onnx":
-            from dlinfer.onnx_source import onnx_file
+            from dlinfer.api import onnx_file
 
             from .ort import ort_runner
 
