@@ -122,6 +122,10 @@ class DataPlane:
 
     repository: ModelRepository
     started: bool = False
+    #: Inference is answered by forwarding to other nodes (a gateway), not from the local repository:
+    #: set by the plugin that forwards, before the other frontends add their routes and services,
+    #: which then stay off (the forwarder answers their protocols).
+    forwarding: bool = False
     #: Extra readiness conditions added by plugins (e.g. a gateway: some node is healthy).
     checks: list[Callable[[], bool]] = attrs.field(factory=list)
 

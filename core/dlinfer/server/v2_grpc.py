@@ -294,4 +294,6 @@ class V2Servicer:
 
 @hookimpl
 def dlinfer_grpc_services(server: Any, repository: ModelRepository, state: DataPlane) -> None:
+    if state.forwarding:  # a gateway answers V2 itself
+        return
     server.add_generic_rpc_handlers((V2Servicer(repository, state).handler(),))

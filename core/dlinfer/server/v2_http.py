@@ -205,6 +205,8 @@ async def list_plugins(request: web.Request) -> web.Response:
 
 @hookimpl
 def dlinfer_routes(app: web.Application, repository: ModelRepository) -> None:
+    if app[STATE].forwarding:  # a gateway answers V2 itself
+        return
     app.add_routes(server_routes)
     app.add_routes(routes)
 

@@ -24,11 +24,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from dlinfer import ConfigError, DlinferError, InvalidInput, Unavailable
 from dlinfer.config import NodeConfig
+from dlinfer.dataplane import version_arg
 from dlinfer.errors import Unauthenticated
 from dlinfer.plugins import Plugins
 from dlinfer.repository import check_name
 from dlinfer.server import CONFIG, PLUGINS, STATE
-from dlinfer.dataplane import version_arg
 from dlinfer.server.v2_http import index_ready_only, json_response, read_body, server_routes
 
 from .health import ActiveChecker, OutlierDetector
@@ -326,10 +326,20 @@ async def model_statistics(request: web.Request) -> web.Response:
     return json_response(await request.app[GATEWAY].statistics(model, version))
 
 
+#: TF-Serving's REST API (answered by nodes with dlinfer-tf), forwarded like V2.
+TFS_MODEL = "/v1/models/{model:[^/:]+}"
+TFS_VERSION = TFS_MODEL + "/versions/{version:[0-9]+}"
+TFS_VERB = ":{verb:predict|classify|regress}"
+
+
 @routes.get("/v2/models/{model}")
 @routes.get("/v2/models/{model}/versions/{version}")
 @routes.get("/v2/models/{model}/config")
 @routes.get("/v2/models/{model}/versions/{version}/config")
+@routes.get(TFS_MODEL)
+@routes.get(TFS_VERSION)
+@routes.get(TFS_MODEL + "/metadata")
+@routes.get(TFS_VERSION + "/metadata")
 async def model_metadata(request: web.Request) -> web.StreamResponse:
     return await _forward(request)
 
@@ -352,6 +362,8 @@ async def model_ready(request: web.Request) -> web.Response:
 
 @routes.post("/v2/models/{model}/infer")
 @routes.post("/v2/models/{model}/versions/{version}/infer")
+@routes.post(TFS_MODEL + TFS_VERB)
+@routes.post(TFS_VERSION + TFS_VERB)
 async def infer(request: web.Request) -> web.StreamResponse:
     if request.app[STATE].draining:
         raise Unavailable("server is shutting down")
@@ -438,6 +450,7 @@ def install(app: web.Application, repository: Any, settings: LbSettings) -> None
     # Server metadata, health and plugin listing are the node's own handlers; the gateway is
     # ready only while some node is admitted.
     app[STATE].checks.append(gateway.ready)
+    app[STATE].forwarding = True  # the node's own V2 and TF-Serving frontends stay off
     app.add_routes(server_routes)
     app.add_routes(routes)
     if own_metrics:

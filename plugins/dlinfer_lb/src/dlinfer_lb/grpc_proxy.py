@@ -23,10 +23,10 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from multidict import CIMultiDict
 
-from dlinfer import DeadlineExceeded, DlinferError, InvalidInput, __version__
+from dlinfer import DeadlineExceeded, DlinferError, InvalidInput, Unavailable, __version__
+from dlinfer.dataplane import version_arg
 from dlinfer.plugins import hookimpl
 from dlinfer.repository import check_name
-from dlinfer.dataplane import version_arg
 from dlinfer.server.proto import inference_pb2 as pb
 from dlinfer.server.v2_grpc import EXTENSIONS, SERVICE
 
@@ -39,8 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dlinfer.lb")
 
-#: Methods answered by a node that has the model: their requests start with name = 1, version = 2.
-FORWARDED = ("ModelMetadata", "ModelConfig", "ModelInfer")
 #: Statuses that mean "this node cannot take it now; another one may".
 RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 HTTP_TO_GRPC = {
@@ -67,32 +65,79 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def model_and_version(buf: bytes) -> tuple[str, str]:
-    """Fields 1 and 2 (strings) of a protobuf message, skipping every other field unread."""
-    found: dict[int, str] = {}
+def _fields(buf: bytes) -> dict[int, bytes | int]:
+    """The top-level fields of a protobuf message: length-delimited ones as bytes, varints as ints
+    (the last occurrence wins, as in protobuf); fixed-width fields are skipped."""
+    found: dict[int, bytes | int] = {}
     pos = 0
-    while pos < len(buf) and len(found) < 2:
+    while pos < len(buf):
         key, pos = _varint(buf, pos)
         field, wire = key >> 3, key & 7
         if wire == 2:
             n, pos = _varint(buf, pos)
             if pos + n > len(buf):
                 raise InvalidInput("malformed request message: truncated field")
-            if field in (1, 2):
-                try:
-                    found[field] = buf[pos : pos + n].decode()
-                except UnicodeDecodeError:
-                    raise InvalidInput("malformed request message: model name is not UTF-8") from None
+            found[field] = buf[pos : pos + n]
             pos += n
         elif wire == 0:
-            _, pos = _varint(buf, pos)
+            found[field], pos = _varint(buf, pos)
         elif wire == 1:
             pos += 8
         elif wire == 5:
             pos += 4
         else:
             raise InvalidInput(f"malformed request message: wire type {wire}")
-    return found.get(1, ""), found.get(2, "")
+    return found
+
+
+def _text(value: bytes | int | None) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, int):
+        raise InvalidInput("malformed request message: model name is not a string")
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        raise InvalidInput("malformed request message: model name is not UTF-8") from None
+
+
+def model_and_version(buf: bytes) -> tuple[str, str]:
+    """V2 requests: the model name and version are fields 1 and 2 (strings)."""
+    found = _fields(buf)
+    return _text(found.get(1)), _text(found.get(2))
+
+
+def tf_model_spec(buf: bytes) -> tuple[str, str]:
+    """TF-Serving requests: ``model_spec`` (field 1) holds the name (1) and an ``Int64Value`` version (2)."""
+    spec = _fields(_bytes(_fields(buf).get(1)))
+    version = _fields(_bytes(spec.get(2))).get(1, 0) if 2 in spec else None
+    if isinstance(version, bytes):
+        raise InvalidInput("malformed request message: model_spec.version is not an integer")
+    return _text(spec.get(1)), "" if version is None else str(version)
+
+
+def _bytes(value: bytes | int | None) -> bytes:
+    if isinstance(value, int):
+        raise InvalidInput("malformed request message: expected a message field")
+    return value or b""
+
+
+#: Methods answered by a node that has the model, per service: (method, how to read the model off
+#: the request, whether it is an inference the gateway refuses while it drains).
+FORWARDED: dict[str, list[tuple[str, Callable[[bytes], tuple[str, str]], bool]]] = {
+    SERVICE: [
+        ("ModelMetadata", model_and_version, False),
+        ("ModelConfig", model_and_version, False),
+        ("ModelInfer", model_and_version, True),
+    ],
+    "tensorflow.serving.PredictionService": [
+        ("Predict", tf_model_spec, True),
+        ("Classify", tf_model_spec, True),
+        ("Regress", tf_model_spec, True),
+        ("GetModelMetadata", tf_model_spec, False),
+    ],
+    "tensorflow.serving.ModelService": [("GetModelStatus", tf_model_spec, False)],
+}
 
 
 class _Headers:
@@ -131,9 +176,16 @@ class GrpcGateway:
             name: grpc.unary_unary_rpc_method_handler(_parsed(message, fn), response_serializer=_serialize)
             for name, (message, fn) in local.items()
         }
-        for name in FORWARDED:
-            handlers[name] = grpc.unary_unary_rpc_method_handler(self._forwarder(name))
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        services = {SERVICE: handlers}
+        for service, methods in FORWARDED.items():
+            forwarded = services.setdefault(service, {})
+            for method, spec, inference in methods:
+                forwarded[method] = grpc.unary_unary_rpc_method_handler(
+                    self._forwarder(f"/{service}/{method}", spec, inference)
+                )
+        server.add_generic_rpc_handlers(
+            tuple(grpc.method_handlers_generic_handler(service, h) for service, h in services.items())
+        )
 
     # ------------------------------------------------------------ answered here
 
@@ -180,12 +232,14 @@ class GrpcGateway:
 
     # ------------------------------------------------------------- forwarded
 
-    def _forwarder(self, method: str) -> Callable[[bytes, Any], Awaitable[bytes]]:
-        path = f"/{SERVICE}/{method}"
-
+    def _forwarder(
+        self, path: str, spec: Callable[[bytes], tuple[str, str]], inference: bool
+    ) -> Callable[[bytes, Any], Awaitable[bytes]]:
         async def forward(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
             try:
-                model, version = _model_args(*model_and_version(raw))
+                if inference and self.state.draining:
+                    raise Unavailable("server is shutting down")
+                model, version = _model_args(*spec(raw))
                 return await self._forward(path, model, version, raw, context)
             except DlinferError as exc:
                 await context.abort(grpc.StatusCode[exc.grpc_code], exc.message)

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from dlinfer.server.openapi import error_response, json_content, json_response, ref
+from dlinfer.server.openapi import error_response, json_content, json_response, ref, registered_routes
 from dlinfer.server.v2_openapi import describe as describe_v2
 
 #: Forwarded operations: what a node would answer, or the gateway's own failure.
@@ -87,6 +87,11 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
+def _words(path: str) -> list[str]:
+    """``/v1/models/{model}/versions/{version}:{verb}`` -> ``["Model", "Versions", "Version", "Verb"]``."""
+    return [w.strip("{}").title() for w in path.replace(":", "/").split("/")[3:] if w]
+
+
 def describe(spec: dict[str, Any], app: web.Application) -> None:
     """Add the gateway's V2 endpoints, ``/v2/-/nodes`` and (when the gateway serves its own) ``/metrics``."""
     describe_v2(spec, app)
@@ -99,6 +104,18 @@ def describe(spec: dict[str, Any], app: web.Application) -> None:
                 if path.endswith("/stats"):
                     op["responses"]["200"] = stats
     spec["components"]["schemas"].update(SCHEMAS)
+    # TF-Serving's REST API, forwarded; dlinfer-tf describes it in full where it is installed.
+    for method, path in registered_routes(app):
+        if path.startswith("/v1/models/"):
+            spec["paths"].setdefault(path, {}).setdefault(
+                method,
+                {
+                    "operationId": "tfServing" + method.title() + "".join(_words(path)),
+                    "summary": "TF-Serving REST API, forwarded to a node that serves the model",
+                    "tags": ["tf-serving"],
+                    "responses": {"200": json_response("the node's answer", {"type": "object"}), **FORWARDED_ERRORS},
+                },
+            )
     spec["paths"]["/v2/-/nodes"] = {
         "get": {
             "operationId": "gatewayNodes",

@@ -35,7 +35,7 @@ def dlinfer_balancers() -> list[type]:
     return list(BUILTIN_STRATEGIES)
 
 
-@hookimpl
+@hookimpl(tryfirst=True)  # a gateway says so before the local frontends add their routes
 def dlinfer_routes(app: Any, repository: Any) -> None:
     from dlinfer.server import CONFIG
 

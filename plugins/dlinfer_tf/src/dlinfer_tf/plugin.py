@@ -39,6 +39,10 @@ def dlinfer_converters() -> list[type]:
 
 @hookimpl
 def dlinfer_routes(app: Any, repository: Any) -> None:
+    from dlinfer.server import STATE
+
+    if app[STATE].forwarding:  # a gateway forwards TF-Serving's API to the nodes
+        return
     from .serving.rest import add_routes
 
     add_routes(app, repository)
@@ -53,6 +57,8 @@ def dlinfer_openapi(spec: dict[str, Any], app: Any) -> None:
 
 @hookimpl
 def dlinfer_grpc_services(server: Any, state: Any) -> None:
+    if state.forwarding:  # a gateway forwards TF-Serving's API to the nodes
+        return
     from .serving.grpc import add_services
 
     add_services(server, state)
