@@ -14,8 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from dlinfer import ConfigError, ModelLoadError
-from dlinfer.convert import Converter, ConvertOptions, ConvertResult
+from dlinfer.api import ConfigError, Converter, ConvertOptions, ConvertResult, ModelLoadError
 
 from .reader import PROTOTXT, find_caffemodel, find_model_files, read_caffemodel, read_prototxt, weights_by_layer
 
@@ -151,7 +150,7 @@ class CaffeToOnnx(Converter):
     ) -> ConvertResult:
         import onnxruntime as ort
 
-        from dlinfer.numerics import compare_outputs
+        from dlinfer.api import compare_outputs
 
         session = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
         rng = np.random.default_rng(0)

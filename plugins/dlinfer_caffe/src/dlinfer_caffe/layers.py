@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from dlinfer import ModelLoadError
+from dlinfer.api import ModelLoadError
 
 from .graph import Graph, LayerIO
 from .proto import caffe_pb2

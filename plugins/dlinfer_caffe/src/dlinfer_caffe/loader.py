@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from dlinfer import Loader, ModelConfig, ModelLoadError, Runner
+from dlinfer.api import Loader, ModelConfig, ModelLoadError, Runner
 from dlinfer_onnx.loader import OnnxLoader, OnnxRunner
 
 from .reader import PROTOTXT, find_model_files

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dlinfer import hookimpl
+from dlinfer.api import hookimpl
 
 
 @hookimpl

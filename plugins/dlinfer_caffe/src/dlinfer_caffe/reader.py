@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from google.protobuf import message, text_format
 
-from dlinfer import ModelLoadError
+from dlinfer.api import ModelLoadError
 
 from .proto import caffe_pb2
 

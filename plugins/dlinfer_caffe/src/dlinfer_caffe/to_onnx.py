@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from dlinfer import ModelLoadError
+from dlinfer.api import ModelLoadError
 
 from .graph import Graph, LayerIO
 from .layers import RULES, Rule, Shape, supported_types

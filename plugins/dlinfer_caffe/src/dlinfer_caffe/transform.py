@@ -29,7 +29,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from dlinfer import ModelLoadError
+from dlinfer.api import ModelLoadError
 
 from .reader import read_mean_file
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from dlinfer import ConfigError
+from dlinfer.api import ConfigError
 
 from .settings import LbSettings, NodeEntry, read_node_file
 

@@ -25,7 +25,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from dlinfer import DeadlineExceeded, DlinferError, ModelNotFound, ModelNotReady
+from dlinfer.api import DeadlineExceeded, DlinferError, ModelNotFound, ModelNotReady
 
 from .health import OutlierDetector
 from .membership import Membership, Node

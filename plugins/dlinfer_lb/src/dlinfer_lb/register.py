@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from dlinfer.config import NodeConfig
+from dlinfer.api import NodeConfig
 
 from .settings import ClientTls, RegisterSettings
 

@@ -14,10 +14,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from dlinfer import ConfigError
-from dlinfer.config import NodeConfig
-from dlinfer.server.tls import read_config_file
-from dlinfer.settings import build, in_range
+from dlinfer.api import ConfigError, NodeConfig, build, in_range, read_config_file
 
 PREFIX = "plugins.lb"
 #: Built-ins that answer the V2 API from the local repository; a gateway answers it itself.
@@ -237,7 +234,7 @@ def load_settings(config: NodeConfig) -> LbSettings:
 
 
 def _is_builtin(module: str) -> bool:
-    from dlinfer.plugins import BUILTIN_PLUGINS
+    from dlinfer.api import BUILTIN_PLUGINS
 
     return module in BUILTIN_PLUGINS
 
@@ -248,7 +245,7 @@ def node_file_path(config: NodeConfig, settings: LbSettings) -> Path | None:
 
 def read_node_file(path: Path) -> list[NodeEntry]:
     """The ``nodes = [...]`` array of a node file; :class:`ConfigError` naming the file when bad."""
-    from dlinfer.settings import read_toml
+    from dlinfer.api import read_toml
 
     data: dict[str, Any] = read_toml(path)
     parsed = build(NodeFile, data, path)

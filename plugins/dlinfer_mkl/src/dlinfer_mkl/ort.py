@@ -8,9 +8,7 @@ from typing import Any
 
 import attrs
 
-from dlinfer import Runner
-from dlinfer.onnx_source import has_onnx, onnx_file
-from dlinfer.optimize import OptimizeContext, Optimizer
+from dlinfer.api import OptimizeContext, Optimizer, Runner, has_onnx, onnx_file
 
 from .precision import REDUCED_TOLERANCE
 

@@ -8,10 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from dlinfer import Runner, TensorSpec
-from dlinfer.datatypes import numpy_dtype
-from dlinfer.onnx_source import has_onnx, onnx_file
-from dlinfer.optimize import OptimizeContext, Optimizer
+from dlinfer.api import OptimizeContext, Optimizer, Runner, TensorSpec, has_onnx, numpy_dtype, onnx_file
 
 _HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 

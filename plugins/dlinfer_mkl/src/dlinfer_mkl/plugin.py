@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dlinfer import hookimpl
+from dlinfer.api import hookimpl
 
 
 @hookimpl

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from dlinfer import Runner
-from dlinfer.model import OptimizeTolerance
-from dlinfer.optimize import OptimizeContext, Optimizer
+from dlinfer.api import OptimizeContext, Optimizer, OptimizeTolerance, Runner
 
 #: The gate for bf16/int8 unless ``[optimize_options.<name>]`` says otherwise: the same
 #: top-1 class for every sample row, and every output within 5% of its scale (bf16 keeps
@@ -26,7 +24,7 @@ class Bf16(Optimizer):
     refines = ("openvino",)
 
     def applies_to(self, runner: Runner, ctx: OptimizeContext) -> bool:
-        from dlinfer.onnx_source import has_onnx
+        from dlinfer.api import has_onnx
 
         from .ov import OpenVinoRunner
         from .torchscript import autocast_applies
@@ -34,7 +32,7 @@ class Bf16(Optimizer):
         return isinstance(runner, OpenVinoRunner) or autocast_applies(runner) or has_onnx(ctx)
 
     def optimize(self, runner: Runner, ctx: OptimizeContext) -> Runner:
-        from dlinfer.onnx_source import onnx_file
+        from dlinfer.api import onnx_file
 
         from .ov import OpenVinoRunner, compile_onnx
         from .torchscript import autocast_applies, autocast_runner

@@ -13,8 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from dlinfer import Runner
-from dlinfer.optimize import OptimizeContext, Optimizer
+from dlinfer.api import OptimizeContext, Optimizer, Runner
 
 
 def is_torch_runner(runner: Runner) -> bool:

@@ -16,8 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from dlinfer import InvalidInput, Loader, ModelConfig, ModelLoadError, Runner, TensorSpec
-from dlinfer.onnx_source import STANDARD_DOMAINS, custom_ops
+from dlinfer.api import (
+    STANDARD_DOMAINS,
+    InvalidInput,
+    Loader,
+    ModelConfig,
+    ModelLoadError,
+    Runner,
+    TensorSpec,
+    custom_ops,
+)
 
 #: ONNX Runtime type strings -> V2 datatypes.
 ORT_TO_V2 = {

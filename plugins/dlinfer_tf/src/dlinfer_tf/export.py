@@ -16,11 +16,18 @@ from typing import Any
 
 import numpy as np
 
-from dlinfer import InferenceError, ModelConfig, ModelLoadError, TensorSpec
-from dlinfer.config import NodeConfig
-from dlinfer.convert import Converter, ConvertOptions, ConvertResult
-from dlinfer.datatypes import numpy_dtype
-from dlinfer.numerics import compare_outputs
+from dlinfer.api import (
+    Converter,
+    ConvertOptions,
+    ConvertResult,
+    InferenceError,
+    ModelConfig,
+    ModelLoadError,
+    NodeConfig,
+    TensorSpec,
+    compare_outputs,
+    numpy_dtype,
+)
 
 from .loader import KerasLoader, SavedModelLoader, TFRunner
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from dlinfer import Loader, ModelConfig, ModelLoadError, Runner
+from dlinfer.api import Loader, ModelConfig, ModelLoadError, Runner
 
 from .runtime import import_tensorflow
 from .signatures import DEFAULT_SIGNATURE, PREDICT, Signature, signature_def, tensor_spec

@@ -9,8 +9,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from dlinfer import InvalidInput, ModelLoadError, TensorSpec
-from dlinfer.datatypes import v2_datatype
+from dlinfer.api import InvalidInput, ModelLoadError, TensorSpec, v2_datatype
 
 PREDICT = "tensorflow/serving/predict"
 CLASSIFY = "tensorflow/serving/classify"

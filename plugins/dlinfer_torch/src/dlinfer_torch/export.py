@@ -16,9 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from dlinfer import DlinferError, ModelConfig, ModelLoadError, TensorSpec
-from dlinfer.convert import Converter, ConvertOptions, ConvertResult
-from dlinfer.numerics import compare_outputs
+from dlinfer.api import (
+    Converter,
+    ConvertOptions,
+    ConvertResult,
+    DlinferError,
+    ModelConfig,
+    ModelLoadError,
+    TensorSpec,
+    compare_outputs,
+)
 
 from .modules import FORMATS, summarize
 
@@ -119,7 +126,7 @@ def _runner_for(model: Any, config: ModelConfig, inputs: list[TensorSpec] | None
 
 
 def _tensor_config(t: TensorSpec) -> Any:
-    from dlinfer.model import TensorConfig
+    from dlinfer.api import TensorConfig
 
     return TensorConfig(t.name, t.datatype, tuple(t.shape))
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from dlinfer import Loader, ModelConfig, ModelLoadError, Runner
+from dlinfer.api import Loader, ModelConfig, ModelLoadError, Runner
 
 from .modules import FORMATS, detect_folder, load_module, model_file, resolve_device
 from .threads import configure

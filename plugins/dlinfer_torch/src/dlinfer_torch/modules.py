@@ -29,7 +29,7 @@ from typing import Any
 
 import attrs
 
-from dlinfer import ModelConfig, ModelLoadError, TensorSpec
+from dlinfer.api import ModelConfig, ModelLoadError, TensorSpec
 
 from .tensors import v2_of
 

@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from dlinfer import InferenceError, InvalidInput, ModelConfig, ModelLoadError, TensorSpec
+from dlinfer.api import InferenceError, InvalidInput, ModelConfig, ModelLoadError, TensorSpec
 
 
 def settings(config: ModelConfig, table: str, allowed: set[str]) -> dict[str, Any]:

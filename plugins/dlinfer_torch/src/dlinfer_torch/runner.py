@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from dlinfer import InferenceError, ModelConfig, ModelLoadError, Runner, TensorSpec
+from dlinfer.api import InferenceError, ModelConfig, ModelLoadError, Runner, TensorSpec
 
 from . import threads
 from .modules import PLATFORMS, LoadedModule, summarize
@@ -196,6 +196,6 @@ class TorchRunner(Runner):
 
 
 def _zeros(spec: TensorSpec) -> np.ndarray:
-    from dlinfer.datatypes import numpy_dtype
+    from dlinfer.api import numpy_dtype
 
     return np.zeros([1 if d == -1 else d for d in spec.shape], dtype=numpy_dtype(spec.datatype))

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from dlinfer import ModelLoadError, TensorSpec
+from dlinfer.api import ModelLoadError, TensorSpec
 
 #: V2 datatype -> name of the torch dtype (strings, so this module imports no torch).
 V2_TO_TORCH = {
@@ -79,7 +79,7 @@ def example_array(spec: TensorSpec, batch: int, rng: np.random.Generator) -> np.
                 f"input {spec.name!r} has shape {list(spec.shape)}: dimension {i} is dynamic; "
                 "state a fixed size for it in config.toml [[input]] to build sample inputs"
             )
-    from dlinfer.datatypes import numpy_dtype
+    from dlinfer.api import numpy_dtype
 
     dtype = numpy_dtype(spec.datatype)
     if dtype.kind == "f":

@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from dlinfer import ModelLoadError
+from dlinfer.api import ModelLoadError
 
 from .profiles import Profile
 

@@ -17,7 +17,7 @@ from typing import Literal
 
 import attrs
 
-from dlinfer import ModelLoadError
+from dlinfer.api import ModelLoadError
 
 from .availability import GpuInfo
 

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlinfer import ModelLoadError, TensorSpec
-from dlinfer.datatypes import numpy_dtype
+from dlinfer.api import ModelLoadError, TensorSpec, numpy_dtype
 
 
 def read_calibration_rows(folder: Path, inputs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:

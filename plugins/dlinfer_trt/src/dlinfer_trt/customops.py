@@ -7,13 +7,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dlinfer import ModelLoadError
-from dlinfer.onnx_source import STANDARD_DOMAINS, custom_ops
+from dlinfer.api import STANDARD_DOMAINS, ModelLoadError, custom_ops
 
 __all__ = ["STANDARD_DOMAINS", "custom_ops", "missing_plugins", "plugin_creator", "register_plugins", "require_plugins"]
 
 if TYPE_CHECKING:
-    from dlinfer.plugins import Plugins
+    from dlinfer.api import Plugins
 
 log = logging.getLogger("dlinfer.trt")
 

@@ -8,9 +8,7 @@ from typing import Any
 
 import attrs
 
-from dlinfer import Loader, ModelConfig, ModelLoadError, Runner
-from dlinfer.optimize import OptimizeContext, Optimizer
-from dlinfer.settings import build, one_of
+from dlinfer.api import Loader, ModelConfig, ModelLoadError, OptimizeContext, Optimizer, Runner, build, one_of
 
 from . import availability
 from .builder import BuildOptions, build_engine
@@ -63,14 +61,14 @@ class TrtOptimizer(Optimizer):
                 raise ModelLoadError(f"TensorRT is required (require_gpu = true) but unavailable: {reason}")
             log.warning("model %s: TensorRT unavailable (%s); serving it as loaded", ctx.config.name, reason)
             return False
-        from dlinfer.onnx_source import has_onnx
+        from dlinfer.api import has_onnx
 
         return has_onnx(ctx)
 
     def optimize(self, runner: Runner, ctx: OptimizeContext) -> Runner:
         import onnx
 
-        from dlinfer.onnx_source import onnx_file
+        from dlinfer.api import onnx_file
 
         from .calibration import calibration_batches, read_calibration_rows
         from .customops import register_plugins, require_plugins

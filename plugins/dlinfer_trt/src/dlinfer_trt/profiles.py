@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import attrs
 
-from dlinfer import ModelConfig, ModelLoadError, TensorSpec
+from dlinfer.api import ModelConfig, ModelLoadError, TensorSpec
 
 
 @attrs.frozen

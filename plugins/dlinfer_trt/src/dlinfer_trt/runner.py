@@ -9,8 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from dlinfer import InvalidInput, ModelLoadError, Runner, TensorSpec
-from dlinfer.datatypes import v2_datatype
+from dlinfer.api import InvalidInput, ModelLoadError, Runner, TensorSpec, v2_datatype
 
 from .availability import check, cuda_runtime
 

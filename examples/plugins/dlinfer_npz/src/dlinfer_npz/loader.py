@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlinfer import Loader, ModelConfig, ModelLoadError, Runner, TensorSpec
+from dlinfer.api import Loader, ModelConfig, ModelLoadError, Runner, TensorSpec
 
 
 class NpzRunner(Runner):

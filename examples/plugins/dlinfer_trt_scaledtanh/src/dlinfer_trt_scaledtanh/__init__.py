@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dlinfer import hookimpl
+from dlinfer.api import hookimpl
 
 from .op import DOMAIN, OP_TYPE, scaled_tanh, scaled_tanh_model
 
