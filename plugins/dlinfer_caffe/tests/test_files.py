@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlinfer import ModelLoadError
+from dlinfer.api import ModelLoadError
 from dlinfer_caffe.converter import convert_files
 from dlinfer_caffe.loader import CaffeLoader
 from dlinfer_caffe.reader import find_model_files, parse_prototxt, read_caffemodel, read_mean_file

@@ -127,7 +127,7 @@ def test_scale_by_second_input_and_partial_reshape(caffe_case) -> None:
 
 
 def test_pooling_window_past_the_input_is_refused(caffe_case) -> None:
-    from dlinfer import ModelLoadError
+    from dlinfer.api import ModelLoadError
 
     text = net("bad", (1, 1, 5, 5), L("p", "Pooling", "data", params="pooling_param { kernel_size: 1 stride: 3 }"))
     with pytest.raises(ModelLoadError, match=r"layer 'p' \(Pooling\): .*starts past the input's end"):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import requests
 
-from dlinfer.testing import RunningNode, node_config
+from dlinfer.api.testing import RunningNode, node_config
 from dlinfer_caffe.converter import opencv_outputs
 from dlinfer_caffe.testing import L, conv, net
 from dlinfer_caffe.writer import write_caffe_model
@@ -120,7 +120,7 @@ def test_broken_models_are_unavailable_with_reason(repository: Path) -> None:
 def test_transform_runs_in_the_graph(tmp_path: Path) -> None:
     """Clients send RGB HWC uint8 images; the node crops, swaps to BGR, subtracts
     the mean image and scales, as Caffe's data layer did in the TEST phase."""
-    from dlinfer.testing import write_model
+    from dlinfer.api.testing import write_model
     from dlinfer_caffe.writer import write_mean_file
 
     root = tmp_path / "models"
@@ -222,7 +222,7 @@ def test_onnx_optimizers_take_the_converted_model(tmp_path: Path) -> None:
     this plugin's converter (input transform included) and serves what OpenCV computes."""
     pytest.importorskip("dlinfer_mkl")
     pytest.importorskip("openvino")
-    from dlinfer.testing import write_model
+    from dlinfer.api.testing import write_model
     from dlinfer_caffe.testing import mobilenet
 
     root = tmp_path / "models"

@@ -18,17 +18,8 @@ import numpy as np
 import pytest
 import requests
 
-from dlinfer import hookimpl, testing
-from dlinfer.config import node_config_from_dict
-from dlinfer.plugins import BUILTIN_PLUGINS, Plugins
-from dlinfer.testing import (
-    RunningNode,
-    free_port,
-    node_config,
-    onnx_identity_model,
-    onnx_linear_model,
-    write_model,
-)
+from dlinfer.api import BUILTIN_PLUGINS, Plugins, hookimpl, node_config_from_dict, testing
+from dlinfer.api.testing import RunningNode, free_port, node_config, onnx_identity_model, onnx_linear_model, write_model
 
 LOCAL_V2 = [p for p in ("dlinfer.server.v2_http", "dlinfer.server.v2_grpc") if p in BUILTIN_PLUGINS]
 

@@ -14,7 +14,7 @@ import pytest
 import requests
 import tomli_w
 
-from dlinfer.testing import free_port, onnx_linear_model, write_model
+from dlinfer.api.testing import free_port, onnx_linear_model, write_model
 
 
 class NodeProcess:

@@ -137,8 +137,8 @@ def test_grpc_clients_cannot_tell_gateway_from_node(cluster, start_gateway) -> N
 def test_version_aware_routing(start_gateway, helpers, tmp_path) -> None:
     import contextlib
 
-    from dlinfer.plugins import Plugins
-    from dlinfer.testing import RunningNode, node_config, onnx_linear_model, write_model
+    from dlinfer.api import Plugins
+    from dlinfer.api.testing import RunningNode, node_config, onnx_linear_model, write_model
 
     with contextlib.ExitStack() as stack:
         nodes, recorders = [], []

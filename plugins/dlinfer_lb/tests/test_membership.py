@@ -6,7 +6,7 @@ import os
 
 import requests
 
-from dlinfer.testing import RunningNode, node_config
+from dlinfer.api.testing import RunningNode, node_config
 
 
 def _write_nodes(path, urls, stamp) -> None:
@@ -80,7 +80,7 @@ def test_registration_expires_without_heartbeat(cluster, start_gateway, helpers)
 
 
 def test_node_registers_itself_with_heartbeats(start_gateway, helpers, tmp_path) -> None:
-    from dlinfer.testing import onnx_linear_model, write_model
+    from dlinfer.api.testing import onnx_linear_model, write_model
 
     gw = start_gateway(registration_token="s3cret")
     repo = tmp_path / "models"

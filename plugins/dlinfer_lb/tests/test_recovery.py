@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dlinfer.plugins import Plugins
-from dlinfer.testing import RunningNode, node_config, onnx_linear_model, write_model
+from dlinfer.api import Plugins
+from dlinfer.api.testing import RunningNode, node_config, onnx_linear_model, write_model
 
 
 class RestartableNodes:

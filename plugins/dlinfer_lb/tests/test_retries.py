@@ -10,10 +10,9 @@ import aiohttp
 import pytest
 import requests
 
-from dlinfer import hookimpl
-from dlinfer.plugins import Plugins
+from dlinfer.api import Plugins, hookimpl
+from dlinfer.api.testing import RunningNode, node_config, onnx_linear_model, write_model
 from dlinfer.server import PLUGINS
-from dlinfer.testing import RunningNode, node_config, onnx_linear_model, write_model
 
 
 @pytest.fixture(scope="module")

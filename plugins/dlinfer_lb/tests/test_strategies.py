@@ -7,8 +7,7 @@ from collections import Counter
 
 import pytest
 
-from dlinfer.config import node_config_from_dict
-from dlinfer.plugins import Plugins
+from dlinfer.api import Plugins, node_config_from_dict
 from dlinfer_lb.membership import Node
 from dlinfer_lb.settings import LbSettings, policy_for
 from dlinfer_lb.strategies import FAILURE, SUCCESS, ConsistentHash, LeastOutstanding, PeakEwma, SmoothWeightedRoundRobin
@@ -168,7 +167,7 @@ def test_consistent_hash_is_sticky_and_bounded() -> None:
 
 
 def _config(lb: dict, disable=("dlinfer.server.v2_http", "dlinfer.server.v2_grpc")):
-    from dlinfer.plugins import BUILTIN_PLUGINS
+    from dlinfer.api import BUILTIN_PLUGINS
 
     data = {"plugins": {"disable": [d for d in disable if d in BUILTIN_PLUGINS], "lb": lb}}
     return node_config_from_dict(data, source="gateway.toml")
@@ -189,22 +188,26 @@ def _config(lb: dict, disable=("dlinfer.server.v2_http", "dlinfer.server.v2_grpc
     ],
 )
 def test_bad_settings_name_file_and_key(lb, message) -> None:
-    from dlinfer import ConfigError
+    from dlinfer.api import ConfigError
 
     with pytest.raises(ConfigError) as info:
         Plugins(_config(lb)).load()
     assert message in str(info.value)
 
 
-def test_gateway_mode_needs_the_local_v2_frontends_off() -> None:
-    from dlinfer import ConfigError
+def test_gateway_mode_keeps_the_local_frontends_off_by_itself() -> None:
+    """No ``plugins.disable`` needed: the gateway marks the data plane as forwarding before the
+    built-in V2 frontend adds its routes, so the infer route is the gateway's own."""
+    from dlinfer.server import create_app
+    from dlinfer_lb.gateway import infer
 
-    with pytest.raises(ConfigError, match=r"plugins.lb.enabled: .*disable = \[\"dlinfer.server.v2_http\""):
-        Plugins(_config({"enabled": True}, disable=())).load()
+    app = create_app(_config({"enabled": True}, disable=()))
+    handlers = {r.handler for r in app.router.routes() if r.resource and r.resource.canonical.endswith("/infer")}
+    assert handlers == {infer}
 
 
 def test_unknown_strategy_is_refused_at_start() -> None:
-    from dlinfer import ConfigError
+    from dlinfer.api import ConfigError
     from dlinfer.server import create_app
 
     config = _config({"enabled": True, "models": {"r": {"strategy": "random"}}})

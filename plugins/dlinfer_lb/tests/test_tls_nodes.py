@@ -11,8 +11,8 @@ import requests
 import tritonclient.grpc as grpcclient
 import trustme
 
-from dlinfer import ConfigError
-from dlinfer.testing import RunningNode, free_ports, node_config, onnx_identity_model, write_model
+from dlinfer.api import ConfigError
+from dlinfer.api.testing import RunningNode, free_ports, node_config, onnx_identity_model, write_model
 from dlinfer_lb.settings import load_settings
 
 X = np.arange(6, dtype=np.float32).reshape(2, 3)

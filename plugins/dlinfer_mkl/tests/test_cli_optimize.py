@@ -7,7 +7,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from dlinfer.testing import write_model
+from dlinfer.api.testing import write_model
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

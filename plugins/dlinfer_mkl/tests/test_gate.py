@@ -11,12 +11,10 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from dlinfer import ModelConfig, ModelLoadError, Runner, TensorSpec, hookimpl
-from dlinfer.model import OptimizeTolerance
+from dlinfer.api import ModelConfig, ModelLoadError, OptimizeTolerance, Plugins, Runner, TensorSpec, hookimpl
+from dlinfer.api.testing import V2Error, node_config, write_model
 from dlinfer.optimize import OptimizeContext, Optimizer, check, run_pipeline
-from dlinfer.plugins import Plugins
 from dlinfer.server.app import REPOSITORY
-from dlinfer.testing import V2Error, node_config, write_model
 
 X = np.random.default_rng(11).standard_normal((2, 3, 8, 8)).astype(np.float32)
 

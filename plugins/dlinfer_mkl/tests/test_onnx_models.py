@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from dlinfer.testing import onnx_linear_model, write_model
+from dlinfer.api.testing import onnx_linear_model, write_model
 
 X = np.random.default_rng(7).standard_normal((3, 3, 8, 8)).astype(np.float32)
 

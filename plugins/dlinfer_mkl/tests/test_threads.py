@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from dlinfer import ConfigError
-from dlinfer.testing import node_config
+from dlinfer.api import ConfigError
+from dlinfer.api.testing import node_config
 from dlinfer_mkl.threads import apply_process_settings, physical_cores, settings_from
 
 

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 from onnx import TensorProto, helper
 
-from dlinfer import ModelConfig, ModelLoadError
-from dlinfer.config import NodeConfig
+from dlinfer.api import ModelConfig, ModelLoadError, NodeConfig
 from dlinfer_onnx.loader import OnnxLoader
 
 

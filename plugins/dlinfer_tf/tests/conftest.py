@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from dlinfer.plugins import Plugins
-from dlinfer.testing import RunningNode, node_config, onnx_linear_model, write_model
+from dlinfer.api import Plugins
+from dlinfer.api.testing import RunningNode, node_config, onnx_linear_model, write_model
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

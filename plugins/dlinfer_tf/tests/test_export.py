@@ -13,7 +13,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from dlinfer import ModelLoadError
+from dlinfer.api import ModelLoadError
 from dlinfer_tf.export import export_onnx
 
 ATOL = 1e-4

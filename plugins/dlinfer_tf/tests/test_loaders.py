@@ -10,8 +10,7 @@ import textwrap
 import pytest
 import requests
 
-from dlinfer import ModelConfig, ModelLoadError
-from dlinfer.config import NodeConfig
+from dlinfer.api import ModelConfig, ModelLoadError, NodeConfig
 from dlinfer_tf.loader import KerasLoader, SavedModelLoader
 
 

@@ -52,7 +52,7 @@ def test_rest_and_grpc_requests_are_batched_together(node, grpc_target, referenc
 def test_onnx_model_over_tfserving(node, grpc_target):
     import onnxruntime as ort
 
-    from dlinfer.testing import onnx_linear_model
+    from dlinfer.api.testing import onnx_linear_model
 
     x = np.random.default_rng(1).standard_normal((2, 4)).astype(np.float32)
     session = ort.InferenceSession(onnx_linear_model(), providers=["CPUExecutionProvider"])

@@ -14,8 +14,7 @@ import pytest
 import tomli_w
 import torch
 
-from dlinfer import ModelLoadError, TensorSpec
-from dlinfer.model import model_config_from_dict
+from dlinfer.api import ModelLoadError, TensorSpec, model_config_from_dict
 from dlinfer_torch import testing as tt
 from dlinfer_torch.export import ExportError, export_onnx
 

@@ -13,10 +13,8 @@ import pytest
 import requests
 import torch
 
-from dlinfer import ModelLoadError
-from dlinfer.config import node_config_from_dict
-from dlinfer.model import model_config_from_dict
-from dlinfer.testing import RunningNode, node_config, write_model
+from dlinfer.api import ModelLoadError, model_config_from_dict, node_config_from_dict
+from dlinfer.api.testing import RunningNode, node_config, write_model
 from dlinfer_torch import testing as tt
 from dlinfer_torch import threads
 from dlinfer_torch.loader import TorchLoader

@@ -6,8 +6,7 @@ import os
 import subprocess
 import sys
 
-from dlinfer.config import node_config_from_dict
-from dlinfer.plugins import Plugins
+from dlinfer.api import Plugins, node_config_from_dict
 
 LIGHT = """
 import sys

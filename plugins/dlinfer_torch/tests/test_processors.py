@@ -13,7 +13,7 @@ import torch
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from dlinfer.testing import RunningNode, node_config, write_model
+from dlinfer.api.testing import RunningNode, node_config, write_model
 from dlinfer_torch import testing as tt
 
 MEAN = [0.485, 0.456, 0.406]

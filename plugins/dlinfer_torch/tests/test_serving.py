@@ -13,7 +13,7 @@ import requests
 import torch
 import tritonclient.http as httpclient
 
-from dlinfer.testing import RunningNode, node_config, write_model
+from dlinfer.api.testing import RunningNode, node_config, write_model
 from dlinfer_torch import testing as tt
 
 ATOL = 1e-5

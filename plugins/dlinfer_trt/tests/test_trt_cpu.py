@@ -14,12 +14,17 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from dlinfer import ModelConfig, ModelLoadError, TensorSpec, hookimpl
-from dlinfer.config import node_config_from_dict
-from dlinfer.errors import PluginLoadError
-from dlinfer.model import model_config_from_dict
-from dlinfer.plugins import Plugins
-from dlinfer.testing import RunningNode, node_config, onnx_linear_model, plugin_distribution, write_model
+from dlinfer.api import (
+    ModelConfig,
+    ModelLoadError,
+    PluginLoadError,
+    Plugins,
+    TensorSpec,
+    hookimpl,
+    model_config_from_dict,
+    node_config_from_dict,
+)
+from dlinfer.api.testing import RunningNode, node_config, onnx_linear_model, plugin_distribution, write_model
 from dlinfer_trt import availability
 from dlinfer_trt.cache import EngineCache, EngineKey, decide
 from dlinfer_trt.calibration import calibration_batches, read_calibration_rows
@@ -292,7 +297,7 @@ def test_pipeline_falls_back_or_refuses(no_gpu: None, tmp_path: Path, caplog: py
     )
     write_model(tmp_path, "engine", 1, {"model.plan": b"\x00serialized engine"})
     with caplog.at_level("WARNING", logger="dlinfer.trt"), RunningNode(node_config(tmp_path)) as node:
-        from dlinfer.testing import V2Client
+        from dlinfer.api.testing import V2Client
 
         client = V2Client(node.url)
         x = np.ones((2, 4), np.float32)

@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from dlinfer.testing import RunningNode, V2Client, node_config, write_model
+from dlinfer.api.testing import RunningNode, V2Client, node_config, write_model
 
 pytestmark = pytest.mark.gpu
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import dlinfer_npz
-from dlinfer.testing import V2Error, write_model
+from dlinfer.api.testing import V2Error, write_model
 from dlinfer_npz.balancer import FailoverBalancer
 
 

@@ -13,10 +13,8 @@ import numpy as np
 import onnx
 import pytest
 
-from dlinfer import ModelLoadError
-from dlinfer.config import node_config_from_dict
-from dlinfer.plugins import Plugins
-from dlinfer.testing import RunningNode, V2Client, node_config
+from dlinfer.api import ModelLoadError, Plugins, node_config_from_dict
+from dlinfer.api.testing import RunningNode, V2Client, node_config
 from dlinfer_trt import availability
 from dlinfer_trt.customops import custom_ops, require_plugins
 from dlinfer_trt_scaledtanh import DOMAIN, OP_TYPE, scaled_tanh, scaled_tanh_model

@@ -13,10 +13,8 @@ import numpy as np
 import onnx
 import pytest
 
-from dlinfer import ModelConfig, TensorSpec
-from dlinfer.config import node_config_from_dict
-from dlinfer.plugins import Plugins
-from dlinfer.testing import RunningNode, V2Client, free_ports, node_config, write_model
+from dlinfer.api import ModelConfig, Plugins, TensorSpec, node_config_from_dict
+from dlinfer.api.testing import RunningNode, V2Client, free_ports, node_config, write_model
 from dlinfer_trt import availability
 from dlinfer_trt.builder import BuildOptions, build_engine
 from dlinfer_trt.customops import register_plugins, require_plugins
