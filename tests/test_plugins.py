@@ -277,3 +277,61 @@ def test_optional_hook_or_optional_plugin_loads_without_the_declaring_plugin(
     assert "'hello' implements dlinfer_greetings, which no loaded plugin declares: ignored" in caplog.text
     with pytest.raises(PluginLoadError, match="no loaded plugin declares the hook 'dlinfer_greetings'"):
         plugins.registry("dlinfer_greetings")
+
+
+STRATEGY = """
+from dlinfer import hookimpl
+
+class Sticky:
+    name = "sticky"
+
+    def pick(self, model, candidates, request):
+        return candidates[0]
+
+    def observe(self, node, outcome, latency_s):
+        pass
+
+@hookimpl
+def dlinfer_balancers():
+    return [Sticky]
+"""
+
+
+def test_plugins_list_shows_what_each_plugin_provides_in_cli_and_http(site: Path, tmp_path: Path) -> None:
+    import json
+
+    import requests
+
+    from dlinfer.testing import RunningNode, node_config
+
+    plugin_distribution(site, "dlinfer-echo", {"echo": "dlinfer_test_echo"}, {"dlinfer_test_echo": GOOD}, "1.2.3")
+    plugin_distribution(site, "dlinfer-sticky", {"sticky": "dlinfer_test_sticky"}, {"dlinfer_test_sticky": STRATEGY})
+    proc = subprocess.run(
+        [sys.executable, "-m", "dlinfer.cli", "plugins", "list", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**_env(), "PYTHONPATH": str(site)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    cli = {row["name"]: row for row in json.loads(proc.stdout)}
+    assert cli["echo"]["provides"] == {"model_formats": ["echo"]}
+    assert cli["sticky"]["provides"] == {"balancers": ["sticky"]}  # a catalogue dlinfer-lb declares
+    assert cli["lb"]["provides"]["hookspecs"] == ["dlinfer_balancers"]
+    assert "swrr" in cli["lb"]["provides"]["balancers"]
+    assert cli["onnx"]["provides"] == {"model_formats": ["onnx"]}
+    assert cli["dlinfer.builtin.json_codec"]["provides"] == {"codecs": ["json"]}
+
+    with RunningNode(node_config(tmp_path / "models")) as node:
+        http = {row["name"]: row for row in requests.get(f"{node.url}/v2/-/plugins", timeout=10).json()}
+    assert http == cli
+
+    table = subprocess.run(
+        [sys.executable, "-m", "dlinfer.cli", "plugins", "list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**_env(), "PYTHONPATH": str(site)},
+    ).stdout
+    line = next(ln for ln in table.splitlines() if ln.startswith("sticky "))
+    assert "balancers: sticky" in line and "dlinfer_balancers" in line

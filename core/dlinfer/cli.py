@@ -131,10 +131,17 @@ def cmd_plugins(plugins: Plugins, ns: argparse.Namespace) -> int:
         print(orjson.dumps([i.to_json() for i in infos], option=orjson.OPT_INDENT_2).decode())
         return 0
     rows = [
-        (i.name, i.distribution, i.version, i.status, "; ".join(filter(None, [", ".join(i.hooks), i.error])))
+        (
+            i.name,
+            i.distribution,
+            i.version,
+            i.status,
+            "; ".join(f"{kind}: {', '.join(names)}" for kind, names in i.provides.items()) or "-",
+            "; ".join(filter(None, [", ".join(i.hooks), i.error])),
+        )
         for i in infos
     ]
-    _table(("name", "distribution", "version", "status", "hooks"), rows)
+    _table(("name", "distribution", "version", "status", "provides", "hooks"), rows)
     return 0
 
 

@@ -47,9 +47,24 @@ class PluginInfo:
     status: str  # "loaded", "unavailable" (loaded, but cannot work here), "disabled", "failed"
     hooks: tuple[str, ...] = ()
     error: str = ""
+    #: What its catalogue hooks contribute, by catalogue without the ``dlinfer_`` prefix:
+    #: ``model_formats`` lists the formats its loaders claim, the others (``optimizers``,
+    #: ``converters``, ``codecs``, ``processors``, and catalogues plugins declare, such as
+    #: ``balancers`` and ``trt_plugins``) the names of the classes it returns; ``hookspecs``
+    #: the hooks it declares for other plugins. Routes and gRPC services exist only in a
+    #: running application; ``hooks`` shows who adds them (``dlinfer_routes``, ...).
+    provides: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return attrs.asdict(self, value_serializer=lambda _i, _a, v: list(v) if isinstance(v, tuple) else v)
+        return {
+            "name": self.name,
+            "distribution": self.distribution,
+            "version": self.version,
+            "status": self.status,
+            "hooks": list(self.hooks),
+            "error": self.error,
+            "provides": {kind: list(names) for kind, names in self.provides.items()},
+        }
 
 
 @attrs.frozen
@@ -215,10 +230,33 @@ class Plugins:
             reason = impl.function()
             if reason:
                 reasons[impl.plugin_name] = str(reason)
+        provides = self.provides()
         return [
-            attrs.evolve(info, status="unavailable", error=reasons[name]) if name in reasons else info
+            attrs.evolve(
+                info,
+                provides=provides.get(name, {}),
+                **({"status": "unavailable", "error": reasons[name]} if name in reasons else {}),
+            )
             for name, info in self.infos.items()
         ]
+
+    def provides(self) -> dict[str, dict[str, tuple[str, ...]]]:
+        """Per plugin, what each catalogue (the core's and those plugins declare) has from it."""
+        out: dict[str, dict[str, builtins.list[str]]] = {}
+        for hook_name in self.catalogues():
+            try:
+                entries = self.registry(hook_name)
+            except PluginLoadError as exc:  # a duplicate name: the node refuses to start with it
+                log.warning("%s", exc)
+                continue
+            kind = hook_name.removeprefix("dlinfer_")
+            for entry in entries.values():
+                # A loader contributes the formats it claims; a model config names those.
+                names = getattr(entry.obj, "formats", ()) if hook_name == "dlinfer_model_formats" else ()
+                out.setdefault(entry.plugin, {}).setdefault(kind, []).extend(names or [entry.name])
+        for plugin, hooks in self.declared.items():
+            out.setdefault(plugin, {})["hookspecs"] = list(hooks)
+        return {plugin: {k: tuple(v) for k, v in kinds.items()} for plugin, kinds in out.items()}
 
     # ------------------------------------------------------------------ hooks
 

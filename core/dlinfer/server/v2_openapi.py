@@ -201,7 +201,7 @@ SCHEMAS: dict[str, Any] = {
     },
     "PluginInfo": {
         "type": "object",
-        "required": ["name", "distribution", "version", "status", "hooks", "error"],
+        "required": ["name", "distribution", "version", "status", "hooks", "error", "provides"],
         "properties": {
             "name": {"type": "string"},
             "distribution": {"type": "string"},
@@ -213,6 +213,13 @@ SCHEMAS: dict[str, Any] = {
             },
             "hooks": {"type": "array", "items": {"type": "string"}},
             "error": {"type": "string"},
+            "provides": {
+                "type": "object",
+                "additionalProperties": {"type": "array", "items": {"type": "string"}},
+                "description": "what the plugin contributes, by catalogue: `model_formats` (the formats its "
+                "loaders claim), `optimizers`, `converters`, `codecs`, `processors`, catalogues other plugins "
+                "declare (`balancers`, `trt_plugins`), and `hookspecs`, the hooks it declares",
+            },
         },
     },
 }
