@@ -1,8 +1,9 @@
 """dlinfer: a plugin-microkernel inference server speaking the KServe V2 protocol.
 
-Plugin authors import what they need from here: :data:`hookimpl`, the
-:class:`Loader`/:class:`Runner` interface, tensor and config types, and the
-error hierarchy.
+The names here (:data:`hookimpl`, the :class:`Loader`/:class:`Runner`
+interface, tensor and config types, the error hierarchy) are the same objects
+as in :mod:`dlinfer.api`, kept for applications and scripts; plugins import
+from :mod:`dlinfer.api`, the stable plugin API.
 """
 
 from .errors import (
