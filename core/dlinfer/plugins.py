@@ -235,7 +235,8 @@ class Plugins:
             attrs.evolve(
                 info,
                 provides=provides.get(name, {}),
-                **({"status": "unavailable", "error": reasons[name]} if name in reasons else {}),
+                status="unavailable" if name in reasons else info.status,
+                error=reasons.get(name, info.error),
             )
             for name, info in self.infos.items()
         ]
