@@ -84,6 +84,9 @@ def test_model_metadata_and_ready(client: grpcclient.InferenceServerClient) -> N
     assert [o["name"] for o in meta["outputs"]] == ["logits", "probs"]
     assert client.is_model_ready("linear")
     assert client.is_model_ready("linear", "1")
+    # Triton answers "not ready" for a model it does not have, rather than an error.
+    assert not client.is_model_ready("nosuch")
+    assert not client.is_model_ready("linear", "7")
     with pytest.raises(InferenceServerException) as exc:
         client.get_model_metadata("missing")
     assert exc.value.status() == "StatusCode.NOT_FOUND"

@@ -76,7 +76,10 @@ def check_shape(name: str, shape: Any, max_elements: int | None = None) -> int:
         raise InvalidInput(f"input {name!r}: shape has {len(shape)} dimensions; a tensor can have at most {MAX_DIMS}")
     n = element_count(shape)
     if max_elements is not None and n > max_elements:
-        raise InvalidInput(f"input {name!r}: shape {list(shape)} has {n} elements, over the limit of {max_elements}")
+        raise InvalidInput(
+            f"input {name!r}: shape {list(shape)} has {n} elements, over the limit of {max_elements} "
+            "(limits.max_tensor_elements)"
+        )
     # numpy refuses such shapes even with a zero dimension (e.g. [0, 2**40, 2**40]).
     if element_count([d or 1 for d in shape]) > MAX_SPAN:
         raise InvalidInput(f"input {name!r}: shape {list(shape)} is too large")

@@ -24,7 +24,7 @@ from ..builtin.binary_codec import tensor_from_bytes, tensor_to_bytes
 from ..config import NodeConfig
 from ..dataplane import check_control
 from ..datatypes import check_shape, numpy_dtype
-from ..errors import DlinferError, InvalidInput, ModelNotReady
+from ..errors import DlinferError, InvalidInput, ModelNotFound, ModelNotReady
 from ..inference import InferenceRequest, InferenceResponse, InferInput, RequestedOutput
 from ..plugins import hookimpl
 from ..repository import ModelRepository, ServedModel
@@ -221,7 +221,7 @@ class V2Servicer:
     async def ModelReady(self, request: Any, context: Any) -> Any:
         try:
             self.state.ready_model(request.name, request.version)
-        except ModelNotReady:
+        except (ModelNotReady, ModelNotFound):  # Triton's answer for an unknown model: not ready
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
 

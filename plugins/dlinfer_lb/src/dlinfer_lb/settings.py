@@ -18,7 +18,6 @@ from dlinfer.api import ConfigError, NodeConfig, build, in_range, read_config_fi
 
 PREFIX = "plugins.lb"
 #: Built-ins that answer the V2 API from the local repository; a gateway answers it itself.
-LOCAL_V2_PLUGINS = ("dlinfer.server.v2_http", "dlinfer.server.v2_grpc")
 
 
 @attrs.frozen
@@ -222,21 +221,7 @@ def load_settings(config: NodeConfig) -> LbSettings:
     if bool(settings.tls.cert_file) != bool(settings.tls.key_file):
         missing = "key_file" if settings.tls.cert_file else "cert_file"
         raise ConfigError(f"{config.source}: {PREFIX}.tls.{missing}: required with the other (a PEM file path)")
-    if settings.enabled:
-        frontends = [p for p in LOCAL_V2_PLUGINS if p not in config.plugins.disable and _is_builtin(p)]
-        if frontends:
-            listed = ", ".join(f'"{p}"' for p in frontends)
-            raise ConfigError(
-                f"{config.source}: {PREFIX}.enabled: a gateway answers the V2 API by forwarding to its nodes, "
-                f"so the node's own V2 frontends must be off; add [plugins] disable = [{listed}]"
-            )
     return attrs.evolve(settings, nodes=tuple(nodes), register=attrs.evolve(reg, gateways=gateways))
-
-
-def _is_builtin(module: str) -> bool:
-    from dlinfer.api import BUILTIN_PLUGINS
-
-    return module in BUILTIN_PLUGINS
 
 
 def node_file_path(config: NodeConfig, settings: LbSettings) -> Path | None:
