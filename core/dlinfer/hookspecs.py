@@ -230,6 +230,22 @@ def dlinfer_routes(app: web.Application, repository: ModelRepository) -> None:
 
 
 @hookspec
+def dlinfer_http_middlewares(config: NodeConfig) -> list[Any]:
+    """Return aiohttp middlewares (``@aiohttp.web.middleware`` functions) for the node's HTTP
+    application, the gateway's included (dlinfer-lb serves from the same application).
+
+    Called once while the application is built. Each plugin's list keeps its order, the first
+    outermost; between plugins, the order is the hook's call order (``tryfirst``/``trylast``
+    place yours). They run inside the core's error middleware, so a :class:`dlinfer.DlinferError`
+    they raise (e.g. :class:`dlinfer.errors.Unauthenticated`, 401) or an
+    ``aiohttp.web.HTTPException`` becomes the core's JSON error response; and outside the
+    request-body budget, so a request they refuse never holds any of it and its body is never
+    read. Errors of the handler reach them as exceptions, before they become responses. Must
+    not block the event loop.
+    """
+
+
+@hookspec
 def dlinfer_grpc_services(server: Any, repository: ModelRepository, state: NodeState) -> None:
     """Add servicers to the node's ``grpc.aio`` server (V2 itself, TF-Serving's
     PredictionService, ...). Called once before the gRPC server starts; handlers
@@ -256,12 +272,12 @@ def dlinfer_openapi(spec: dict[str, Any], app: web.Application) -> None:
     """
 
 
+@catalogue
 @hookspec
 def dlinfer_codecs() -> list[type]:
     """Return request/response codec classes for the V2 HTTP endpoint.
 
     Each has ``name``, ``accepts(content_type, headers) -> bool``,
-@catalogue
     ``decode(body, headers) -> InferenceRequest`` and
     ``encode(response, request) -> (body, headers)``. The first codec whose
     ``accepts`` is true for a request decodes it; JSON is built in.
@@ -273,12 +289,12 @@ def dlinfer_codecs() -> list[type]:
 # --------------------------------------------------------------------------
 
 
+@catalogue
 @hookspec
 def dlinfer_processors() -> list[type]:
     """Return processor classes a model config can name in ``preprocess`` or
     ``postprocess``.
 
-@catalogue
     Each has ``name`` and ``__call__(tensors: dict[str, ndarray], config) ->
     dict[str, ndarray]``; it runs in the model's worker thread. One instance
     serves one model version. Optionally a pre-processor has

@@ -30,6 +30,7 @@ from .body_budget import BODY_BUDGET, BodyBudget, body_budget_middleware
 from .connections import GuardedSite, connection_cap, raise_open_file_limit
 from .grpc_server import start_grpc, stop_grpc
 from .memory import tune_malloc
+from .middlewares import plugin_middlewares
 from .protocol_log import ProtocolLog
 from .tls import TlsFiles, tls_files
 
@@ -124,8 +125,9 @@ def create_app(config: NodeConfig, plugins: Plugins | None = None) -> web.Applic
     if plugins is None:
         plugins = Plugins(config).load()
     plugins.check_registries()
-    # The body budget inside error_middleware, which turns its refusal into a 503.
-    middlewares = [error_middleware, body_budget_middleware]
+    # The body budget inside error_middleware, which turns its refusal into a 503. Plugins' middlewares
+    # between: their errors get the core's JSON format, and a request they refuse holds no budget.
+    middlewares = [error_middleware, *plugin_middlewares(plugins, config), body_budget_middleware]
     app = web.Application(client_max_size=config.limits.max_body_bytes, middlewares=middlewares)
     app[BODY_BUDGET] = budget = BodyBudget(config.limits.max_inflight_body_bytes, config.limits.max_body_bytes)
     app[TLS] = tls = tls_files(config)
