@@ -676,7 +676,7 @@ class ModelRepository:
         if version in (None, ""):
             return versions[max(versions)]
         try:
-            v = int(version)  # type: ignore[arg-type]
+            v = int(version)
         except ValueError:
             raise ModelNotFound(f"invalid version {version!r} of model {name!r}") from None
         if v not in versions:

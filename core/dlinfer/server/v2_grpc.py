@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import numpy as np
 from google.protobuf import json_format
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from .. import __version__
 from ..builtin.binary_codec import tensor_from_bytes, tensor_to_bytes
@@ -165,7 +165,7 @@ def model_config_message(model: ServedModel) -> Any:
     return json_format.ParseDict(extension_config(model), pb.ModelConfig())
 
 
-def _rpc(message: type) -> Callable[[Handler], Handler]:
+def _rpc(message: type[Message]) -> Callable[[Handler], Handler]:
     """Parse the request bytes as ``message`` and turn a :class:`DlinferError`
     (or a bug) into the gRPC status it maps to.
 
@@ -283,7 +283,7 @@ class V2Servicer:
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The service's method handlers, under the protocol's service name."""
-        handlers = {
+        handlers: dict[str, grpc.RpcMethodHandler] = {
             name: grpc.unary_unary_rpc_method_handler(
                 getattr(self, name), response_serializer=lambda msg: msg.SerializeToString()
             )

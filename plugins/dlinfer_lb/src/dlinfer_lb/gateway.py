@@ -22,14 +22,18 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from dlinfer import ConfigError, DlinferError, InvalidInput, Unavailable
-from dlinfer.config import NodeConfig
-from dlinfer.dataplane import version_arg
-from dlinfer.errors import Unauthenticated
-from dlinfer.plugins import Plugins
-from dlinfer.repository import check_name
-from dlinfer.server import CONFIG, PLUGINS, STATE
-from dlinfer.server.v2_http import index_ready_only, json_response, read_body, server_routes
+from dlinfer.api import ConfigError, DlinferError, InvalidInput, NodeConfig, Plugins, Unauthenticated, Unavailable
+from dlinfer.api.frontend import (
+    CONFIG,
+    PLUGINS,
+    STATE,
+    check_name,
+    index_ready_only,
+    json_response,
+    read_body,
+    version_arg,
+)
+from dlinfer.api.frontend import v2_server_routes as server_routes
 
 from .health import ActiveChecker, OutlierDetector
 from .membership import Membership, Node
@@ -271,9 +275,9 @@ def make_strategy(cls: type, policy: RoutePolicy) -> Any:
     """One strategy instance for a model: ``cls(policy=...)`` when the class takes
     a ``policy`` (the built-ins do), else ``cls()``."""
     try:
-        params = inspect.signature(cls).parameters.values()
+        params = list(inspect.signature(cls).parameters.values())
     except (TypeError, ValueError):
-        params = ()
+        params = []
     if any(p.name == "policy" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return cls(policy=policy)
     return cls()
@@ -437,10 +441,9 @@ def install(app: web.Application, repository: Any, settings: LbSettings) -> None
     """Turn ``app`` into a gateway: routes, node pools, health checks."""
     plugins = app[PLUGINS]
     core_metrics = plugins.pm.get_plugin(CORE_METRICS_PLUGIN)
-    registry = getattr(getattr(core_metrics, "metrics", None), "registry", None)
-    own_metrics = registry is None
-    if own_metrics:
-        registry = CollectorRegistry()
+    shared: CollectorRegistry | None = getattr(getattr(core_metrics, "metrics", None), "registry", None)
+    own_metrics = shared is None
+    registry = CollectorRegistry() if shared is None else shared
     gateway = Gateway(app[CONFIG], settings, plugins, registry)
     app[GATEWAY] = gateway
     from .grpc_proxy import GrpcGateway

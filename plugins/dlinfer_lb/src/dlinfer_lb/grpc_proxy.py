@@ -20,15 +20,15 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import json_format
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from multidict import CIMultiDict
 
-from dlinfer import DeadlineExceeded, DlinferError, InvalidInput, Unavailable, __version__
-from dlinfer.dataplane import version_arg
-from dlinfer.plugins import hookimpl
-from dlinfer.repository import check_name
-from dlinfer.server.proto import inference_pb2 as pb
-from dlinfer.server.v2_grpc import EXTENSIONS, SERVICE
+from dlinfer.api import DeadlineExceeded, DlinferError, InvalidInput, Unavailable, hookimpl
+from dlinfer.api.frontend import SERVER_VERSION as __version__
+from dlinfer.api.frontend import V2_GRPC_EXTENSIONS as EXTENSIONS
+from dlinfer.api.frontend import V2_GRPC_SERVICE as SERVICE
+from dlinfer.api.frontend import check_name, version_arg
+from dlinfer.api.frontend import v2_pb as pb
 
 from .proxy import UpstreamError
 from .strategies import FAILURE, SUCCESS
@@ -172,7 +172,7 @@ class GrpcGateway:
             "RepositoryModelUnload": (pb.RepositoryModelUnloadRequest, self.model_unload),
             "ModelStatistics": (pb.ModelStatisticsRequest, self.model_statistics),
         }
-        handlers = {
+        handlers: dict[str, grpc.RpcMethodHandler] = {
             name: grpc.unary_unary_rpc_method_handler(_parsed(message, fn), response_serializer=_serialize)
             for name, (message, fn) in local.items()
         }
@@ -343,7 +343,7 @@ def _serialize(msg: Any) -> bytes:
     return msg.SerializeToString()
 
 
-def _parsed(message: type, fn: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[bytes, Any], Awaitable[Any]]:
+def _parsed(message: type[Message], fn: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[bytes, Any], Awaitable[Any]]:
     """Parse the request as ``message``; a :class:`DlinferError` becomes its gRPC status."""
 
     async def handler(raw: bytes, context: grpc.aio.ServicerContext) -> Any:

@@ -11,8 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from dlinfer.server.openapi import error_response, json_content, json_response, ref, registered_routes
-from dlinfer.server.v2_openapi import describe as describe_v2
+from dlinfer.api.openapi import describe_v2, error_response, json_content, json_response, ref, registered_routes
 
 #: Forwarded operations: what a node would answer, or the gateway's own failure.
 FORWARDED_ERRORS = {

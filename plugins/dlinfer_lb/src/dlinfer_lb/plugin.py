@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dlinfer import hookimpl
-from dlinfer.config import NodeConfig
+from dlinfer.api import NodeConfig, hookimpl
 
 from .settings import load_settings
 
@@ -37,7 +36,7 @@ def dlinfer_balancers() -> list[type]:
 
 @hookimpl(tryfirst=True)  # a gateway says so before the local frontends add their routes
 def dlinfer_routes(app: Any, repository: Any) -> None:
-    from dlinfer.server import CONFIG
+    from dlinfer.api.frontend import CONFIG
 
     config = app[CONFIG]
     settings = load_settings(config)
@@ -54,7 +53,7 @@ def dlinfer_routes(app: Any, repository: Any) -> None:
 
 @hookimpl
 def dlinfer_openapi(spec: dict[str, Any], app: Any) -> None:
-    from dlinfer.server import CONFIG
+    from dlinfer.api.frontend import CONFIG
 
     if load_settings(app[CONFIG]).enabled:
         from .openapi import describe

@@ -39,7 +39,7 @@ def dlinfer_converters() -> list[type]:
 
 @hookimpl
 def dlinfer_routes(app: Any, repository: Any) -> None:
-    from dlinfer.server import STATE
+    from dlinfer.api.frontend import STATE
 
     if app[STATE].forwarding:  # a gateway forwards TF-Serving's API to the nodes
         return

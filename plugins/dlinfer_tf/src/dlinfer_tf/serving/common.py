@@ -11,10 +11,8 @@ from typing import Any
 import attrs
 import numpy as np
 
-from dlinfer import InvalidInput, ModelNotFound
-from dlinfer.dataplane import Lease
-from dlinfer.inference import InferenceRequest, InferInput
-from dlinfer.repository import ModelRepository, ServedModel, check_name
+from dlinfer.api import InferenceRequest, InferInput, InvalidInput, ModelNotFound
+from dlinfer.api.frontend import Lease, ModelRepository, ServedModel, check_name
 
 from ..loader import TFRunner
 from ..signatures import CLASSIFY, DEFAULT_SIGNATURE, PREDICT, REGRESS, Signature, signature_def
@@ -72,7 +70,9 @@ def for_signature(repository: ModelRepository, model: ServedModel, name: str) ->
             f"Serving signature name: {name!r} not found in signature def of model {model.name!r} "
             f"(signatures: {', '.join(sorted(signatures)) or current})"
         )
-    served = model.runner.signature_models.get(name)
+    runner = model.runner
+    assert isinstance(runner, TFRunner)  # only TensorFlow models have named signatures
+    served = runner.signature_models.get(name)
     if served is None:
         config = attrs.evolve(
             model.config, input=(), output=(), preprocess=(), postprocess=(), max_batch_size=None, parameters={}
@@ -81,13 +81,13 @@ def for_signature(repository: ModelRepository, model: ServedModel, name: str) ->
             model.name,
             model.version,
             config,
-            model.runner.for_signature(name),
+            runner.for_signature(name),
             repository.plugins,
             platform=model.platform,
         )
         # The model's observers (metrics, ...) watch this signature too, under the model's name and version.
         served.scheduler.observers.extend(model.scheduler.observers)
-        model.runner.add_signature_model(name, served)
+        runner.add_signature_model(name, served)
     return served
 
 

@@ -15,11 +15,16 @@ from typing import Any
 
 import grpc
 
-from dlinfer import DlinferError, InvalidInput, ModelNotFound
-from dlinfer.dataplane import DataPlane, Lease
-from dlinfer.datatypes import v2_datatype
-from dlinfer.inference import InferenceRequest, InferInput, RequestedOutput
-from dlinfer.repository import ServedModel
+from dlinfer.api import (
+    DlinferError,
+    InferenceRequest,
+    InferInput,
+    InvalidInput,
+    ModelNotFound,
+    RequestedOutput,
+    v2_datatype,
+)
+from dlinfer.api.frontend import DataPlane, Lease, ServedModel
 
 from . import common
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dlinfer.server.openapi import error_response, json_content, json_response, not_found, ref
+from dlinfer.api.openapi import error_response, json_content, json_response, not_found, ref
 
 _MODEL = {"name": "model", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[^/:]+$"}}
 _VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9]+$"}}

@@ -14,11 +14,8 @@ import numpy as np
 import orjson
 from aiohttp import web
 
-from dlinfer.builtin.json_codec import json_floats
-from dlinfer.inference import InferenceRequest
-from dlinfer.repository import ModelRepository
-from dlinfer.server.app import STATE
-from dlinfer.server.v2_http import read_body
+from dlinfer.api import InferenceRequest
+from dlinfer.api.frontend import STATE, ModelRepository, json_floats, read_body
 
 from . import common
 from .rest_json import decode_tensors, encode_predictions, examples_from_json, parse_body

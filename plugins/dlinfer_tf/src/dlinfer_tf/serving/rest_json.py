@@ -10,9 +10,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from dlinfer import InvalidInput, TensorSpec
-from dlinfer.builtin.json_codec import json_floats, load_object, tensor_from_json
-from dlinfer.inference import InferInput, InferOutput
+from dlinfer.api import InferInput, InferOutput, InvalidInput, TensorSpec
+from dlinfer.api.frontend import json_floats, load_object, tensor_from_json
 
 
 def parse_body(body: bytes) -> dict[str, Any]:
@@ -142,6 +141,7 @@ def encode_predictions(outputs: list[InferOutput], row: bool) -> bytes:
                 "use the columnar 'inputs' format"
             )
         n = sizes.pop()
+        assert n is not None  # refused above
         doc = {"predictions": [{o.name: _json_value(o.name, o.data[i, ...]) for o in outputs} for i in range(n)]}
     return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
 
