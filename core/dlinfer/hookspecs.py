@@ -33,10 +33,10 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from .config import NodeConfig
+    from .dataplane import DataPlane
     from .model import Loader, ModelConfig, Runner
     from .plugins import Plugins
     from .repository import ModelRepository, ServedModel
-    from .server.app import NodeState
 
 hookspec = pluggy.HookspecMarker("dlinfer")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -224,8 +224,12 @@ def dlinfer_routes(app: web.Application, repository: ModelRepository) -> None:
     """Add HTTP endpoints to the node's aiohttp application.
 
     Called once while the application is built. The V2 protocol itself is
-    added through this hook by a built-in plugin. Handlers must never block
-    the event loop: use ``ServedModel.infer`` (which runs in the model's pool).
+    added through this hook by a built-in plugin. Handlers answer through the
+    node's data plane, ``app[STATE]`` (a ``DataPlane``, both from
+    ``dlinfer.api.frontend``: ``admit(name, version)`` before reading the body,
+    then ``lease.infer(request)``), so readiness, admission, limits and deadlines
+    match every other frontend; they must never block the event loop. Add nothing
+    when ``app[STATE].forwarding`` is true (a gateway answers the protocols).
     """
 
 
@@ -246,14 +250,17 @@ def dlinfer_http_middlewares(config: NodeConfig) -> list[Any]:
 
 
 @hookspec
-def dlinfer_grpc_services(server: Any, repository: ModelRepository, state: NodeState) -> None:
+def dlinfer_grpc_services(server: Any, repository: ModelRepository, state: DataPlane) -> None:
     """Add servicers to the node's ``grpc.aio`` server (V2 itself, TF-Serving's
     PredictionService, ...). Called once before the gRPC server starts; handlers
     must not block the event loop.
 
-    ``state`` is the node's readiness (``state.ready``, ``state.ready_model(name,
-    version)``): health methods answer from it, so they agree with HTTP's
-    ``/v2/health/ready`` while the node starts or drains.
+    ``state`` is the node's data plane (``dlinfer.api.frontend.DataPlane``):
+    readiness (``state.ready``, ``state.ready_model(name, version)``), admission
+    (``with state.admit(name, version) as lease: await lease.infer(request,
+    deadline_s)``), metadata and control, the same HTTP answers from, so the
+    protocols agree while the node starts, drains or is full. Add nothing when
+    ``state.forwarding`` is true.
     """
 
 
