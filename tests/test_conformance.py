@@ -8,6 +8,7 @@ Real servers, real clients: requests, tritonclient's gRPC client and TF-Serving'
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -43,6 +44,7 @@ GRPC_KINDS = {
     grpc.StatusCode.DEADLINE_EXCEEDED: "deadline",
 }
 TENSOR_LIMIT = 64
+BODY_TIMEOUT_S = 1.0
 
 
 class Endpoints:
@@ -149,6 +151,7 @@ def _gateway_config(base: Any, node: RunningNode) -> Any:
         "server": {"host": "127.0.0.1", "http_port": free_port(), "grpc_port": free_port()},
         "repository": {"path": "no-models"},
         "plugins": {"lb": lb},
+        "limits": {"body_timeout_s": BODY_TIMEOUT_S},
     }
     return node_config_from_dict(data, source=str(base / "gateway.toml"), base_dir=str(base))
 
@@ -179,7 +182,11 @@ def endpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, En
         config={"instance_count": 1, "max_queue_size": 1, "max_queue_wait_ms": 0, "parameters": {"delay_s": 6.0}},
     )
     write_model(root, "sleepy", 1, SLOW, config={"instance_count": 2, "parameters": {"delay_s": 1.0}})
-    config = node_config(root, plugins={"plugins_dir": str(PLUGINS_DIR)}, limits={"max_tensor_elements": TENSOR_LIMIT})
+    config = node_config(
+        root,
+        plugins={"plugins_dir": str(PLUGINS_DIR)},
+        limits={"max_tensor_elements": TENSOR_LIMIT, "body_timeout_s": BODY_TIMEOUT_S},
+    )
     base = tmp_path_factory.mktemp("gateway")
     with RunningNode(config, _node_plugins(config)) as node:
         gw_config = _gateway_config(base, node)
@@ -193,6 +200,7 @@ def endpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, En
 
 
 CASES = [(f, t) for f in FRONTENDS for t in TARGETS]
+HTTP_INFER = ("/v2/models/fast/infer", "/v1/models/fast:predict")
 
 
 @pytest.mark.parametrize(("frontend", "target"), CASES)
@@ -252,3 +260,37 @@ def test_the_same_deadline(endpoints: dict[str, Endpoints], frontend: str, targe
     """The V2 ``timeout`` parameter bounds the request the same way over HTTP and gRPC, direct or forwarded."""
     kind, message = endpoints[target].infer(frontend, "sleepy", np.ones((1, 2), np.float32), timeout_us=200_000)
     assert kind == "deadline", message
+
+
+def _half_sent(url: str, path: str) -> socket.socket:
+    """A connection that sent an HTTP request's headers and half of its JSON body."""
+    host, port = url.removeprefix("http://").split(":")
+    conn = socket.create_connection((host, int(port)), timeout=30)
+    head = f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    conn.sendall(head.encode() + b'{"inputs": [')
+    return conn
+
+
+@pytest.mark.parametrize(("path", "target"), [(p, t) for p in HTTP_INFER for t in TARGETS])
+def test_the_same_body_timeout(endpoints: dict[str, Endpoints], path: str, target: str) -> None:
+    """A body that stops arriving gets 408 after ``limits.body_timeout_s``, from a node and a gateway,
+    over V2 and TF-Serving REST alike."""
+    conn = _half_sent(endpoints[target].url, path)
+    try:
+        status = conn.recv(64).split(b" ")[1]
+    finally:
+        conn.close()
+    assert status == b"408"
+
+
+def test_a_request_being_read_counts_in_flight(endpoints: dict[str, Endpoints]) -> None:
+    """Admitted before its body arrives, a request counts as queued and in flight at once, so drain
+    and unload wait for it (it was counted only after decoding)."""
+    node = endpoints["node"]
+    conn = _half_sent(node.url, "/v2/models/fast/infer")
+    try:
+        wait_for(lambda: metric_value(node.url, "dlinfer_inference_inflight_request_count", "fast") == 1, "in flight")
+        assert metric_value(node.url, "dlinfer_inference_pending_request_count", "fast") == 1
+    finally:
+        conn.close()
+    wait_for(lambda: metric_value(node.url, "dlinfer_inference_inflight_request_count", "fast") == 0, "released")
