@@ -74,14 +74,15 @@ def _table(cls: type, title: str, lines: list[str]) -> None:
         rows.append(f"| `{f.name}` | {_type_name(tp)} | {_default(f)} | {f.metadata.get('help', '')} |")
     if rows:
         lines += [f"### {title}", "", "| key | type | default | meaning |", "| --- | --- | --- | --- |", *rows, ""]
+    prefix = title.strip("`[]") if title.startswith("`[") else ""
     for f, section in nested:
-        prefix = title.strip("`[]") if title.startswith("`[") else ""
         name = f"{prefix}.{f.name}" if prefix else f.name
         _table(section, f"`[{name}]`", lines)
     for f in attrs.fields(cls):
         tp = hints[f.name]
         if typing.get_origin(tp) is tuple and attrs.has(typing.get_args(tp)[0]):
-            _table(typing.get_args(tp)[0], f"`[[{f.name}]]` entries", lines)
+            name = f"{prefix}.{f.name}" if prefix else f.name
+            _table(typing.get_args(tp)[0], f"`[[{name}]]` entries", lines)
 
 
 def hookspec_names(module: Any) -> list[str]:

@@ -112,6 +112,39 @@ class OptimizeTolerance:
 
 
 @attrs.frozen
+class EnsembleStep:
+    """One ``[[ensemble.step]]``: a model of the same node and how its tensors join the ensemble's.
+
+    Maps read as in Triton's ``ensemble_scheduling``: each key is a tensor name of the step's
+    model, each value an ensemble tensor (an ensemble input or output, or an intermediate tensor
+    one step produces and a later one takes).
+    """
+
+    model: str = setting(help="Name of the served model this step runs.")
+    version: int = setting(-1, "Its version; `-1`: the latest ready version when the request runs.")
+    input_map: dict[str, str] = setting(
+        attrs.Factory(dict), "The step model's input name → the ensemble tensor fed to it."
+    )
+    output_map: dict[str, str] = setting(
+        attrs.Factory(dict), "The step model's output name → the ensemble tensor it produces."
+    )
+
+    @version.validator
+    def _check_version(self, _attr: attrs.Attribute, value: int) -> None:
+        if value == 0 or value < -1:
+            raise _Invalid("-1 (latest) or a positive version", value, "version")
+
+
+@attrs.frozen
+class Ensemble:
+    """``[ensemble]``: a pipeline of other served models, wired by tensor names (``format = "ensemble"``)."""
+
+    step: tuple[EnsembleStep, ...] = setting(
+        (), "The steps; they run in the order their tensors need (a DAG), not the order listed."
+    )
+
+
+@attrs.frozen
 class ModelConfig:
     """A model's ``config.toml``. Every key is optional: loaders read what they
     can from the model file itself."""
@@ -178,6 +211,11 @@ class ModelConfig:
         False, "Let the loader unpickle files; needs `repository.allow_pickle` in node.toml too."
     )
     parameters: dict[str, Any] = setting(attrs.Factory(dict), "Backend-specific settings, documented by each backend.")
+    ensemble: Ensemble | None = setting(
+        None,
+        'With `format = "ensemble"`: the steps of a pipeline of other models of this node; its '
+        "`[[input]]` and `[[output]]` are the tensors clients send and receive.",
+    )
 
 
 def model_config_from_dict(data: dict[str, Any], source: str | Path) -> ModelConfig:
