@@ -88,6 +88,108 @@ class DynamicBatching:
     )
 
 
+#: The kinds of ``[[sequence_batching.control_input]]`` (Triton's names).
+SEQUENCE_START, SEQUENCE_END, SEQUENCE_READY, SEQUENCE_CORRID = (
+    "CONTROL_SEQUENCE_START",
+    "CONTROL_SEQUENCE_END",
+    "CONTROL_SEQUENCE_READY",
+    "CONTROL_SEQUENCE_CORRID",
+)
+#: V2 datatypes a correlation id can be given to the model in.
+CORRID_DATATYPES = ("UINT64", "INT64", "UINT32", "INT32", "BYTES")
+
+
+@attrs.frozen
+class ControlInput:
+    """One ``[[sequence_batching.control_input]]``: a model input the server fills for each request
+    of a sequence; clients never send it.
+
+    START, END and READY carry false/true as given by exactly one of ``int32_false_true``,
+    ``fp32_false_true`` or ``bool_false_true`` (the tensor's datatype follows); CORRID carries
+    the sequence id in ``data_type``.
+    """
+
+    name: str = setting(help="The model input that receives the control value.")
+    kind: str = setting(
+        help="`CONTROL_SEQUENCE_START` (true on a sequence's first request), `CONTROL_SEQUENCE_END` "
+        "(true on its last), `CONTROL_SEQUENCE_READY` (true when the batch row holds a request) or "
+        "`CONTROL_SEQUENCE_CORRID` (the sequence id).",
+        validator=one_of(SEQUENCE_START, SEQUENCE_END, SEQUENCE_READY, SEQUENCE_CORRID),
+    )
+    int32_false_true: tuple[int, ...] = setting((), "`[false, true]` as an INT32 input.")
+    fp32_false_true: tuple[float, ...] = setting((), "`[false, true]` as an FP32 input.")
+    bool_false_true: tuple[bool, ...] = setting((), "`[false, true]` as a BOOL input.")
+    data_type: str = setting(
+        "", "CORRID only: the input's V2 datatype, one of " + ", ".join(f"`{t}`" for t in CORRID_DATATYPES) + "."
+    )
+
+    def __attrs_post_init__(self) -> None:
+        given = [k for k in ("int32_false_true", "fp32_false_true", "bool_false_true") if getattr(self, k)]
+        if self.kind == SEQUENCE_CORRID:
+            if given:
+                raise _Invalid("no false/true values for CONTROL_SEQUENCE_CORRID (it carries the id)", key=given[0])
+            if self.data_type not in CORRID_DATATYPES:
+                raise _Invalid("one of " + ", ".join(repr(t) for t in CORRID_DATATYPES), self.data_type, "data_type")
+            return
+        if self.data_type:
+            raise _Invalid(f"no data_type for {self.kind} (only CONTROL_SEQUENCE_CORRID has one)", key="data_type")
+        if len(given) != 1:
+            raise _Invalid(
+                f"exactly one of int32_false_true, fp32_false_true, bool_false_true for {self.kind}", key="kind"
+            )
+        if len(getattr(self, given[0])) != 2:
+            raise _Invalid("two values, [false, true]", list(getattr(self, given[0])), given[0])
+
+    @property
+    def datatype(self) -> str:
+        """The V2 datatype of the tensor the server fills."""
+        if self.kind == SEQUENCE_CORRID:
+            return self.data_type
+        if self.int32_false_true:
+            return "INT32"
+        return "FP32" if self.fp32_false_true else "BOOL"
+
+    @property
+    def false_true(self) -> tuple[Any, Any]:
+        """The values standing for false and true (START, END, READY)."""
+        values = self.int32_false_true or self.fp32_false_true or self.bool_false_true
+        return values[0], values[1]
+
+
+@attrs.frozen
+class SequenceBatching:
+    """``[sequence_batching]``: the model is stateful; the requests of one sequence (one
+    ``sequence_id``) all run on the same instance, in order, with control inputs filled by the server."""
+
+    strategy: str = setting(
+        "direct",
+        "`direct`: each instance holds `max(1, max_batch_size)` sequences, one per batch slot; "
+        "`oldest`: each instance holds `max_candidate_sequences` sequences and batches their oldest requests.",
+        validator=one_of("direct", "oldest"),
+    )
+    max_sequence_idle_microseconds: int = setting(
+        1_000_000,
+        "A sequence that receives no request for this long is released; later requests for it are refused.",
+        validator=in_range(1),
+    )
+    max_candidate_sequences: int = setting(
+        0, "`oldest` only: sequences each instance holds at once; `0`: `max(1, max_batch_size)`.", validator=in_range(0)
+    )
+    control_input: tuple[ControlInput, ...] = setting(
+        (), "Model inputs the server fills for each request (clients do not send them)."
+    )
+
+    def __attrs_post_init__(self) -> None:
+        names = [c.name for c in self.control_input]
+        kinds = [c.kind for c in self.control_input]
+        for seen, what in ((names, "name"), (kinds, "kind")):
+            dup = sorted({x for x in seen if seen.count(x) > 1})
+            if dup:
+                raise _Invalid(f"one control_input per {what}, got {dup[0]!r} twice", key="control_input")
+        if self.max_candidate_sequences and self.strategy != "oldest":
+            raise _Invalid('strategy = "oldest" with max_candidate_sequences', key="max_candidate_sequences")
+
+
 @attrs.frozen
 class OptimizeTolerance:
     """``[optimize_tolerance]``: how close an optimized variant must stay to the original model.
@@ -182,6 +284,9 @@ class ModelConfig:
         validator=in_range(0, kind="a number"),
     )
     dynamic_batching: DynamicBatching | None = setting(None, "Merge concurrent requests into batches.")
+    sequence_batching: SequenceBatching | None = setting(
+        None, "Stateful model: route each sequence's requests to one instance, in order, filling its control inputs."
+    )
     optimize: tuple[str, ...] = setting(
         (),
         "Optimizers (`dlinfer_optimizers`) applied in order after loading; each step is checked against the "
