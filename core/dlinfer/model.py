@@ -46,11 +46,39 @@ class TensorConfig:
     shape: tuple[int, ...] = setting(
         (), "Dimensions, `-1` for any size; without the batch dimension when `max_batch_size > 0`."
     )
+    reshape: tuple[int, ...] = setting(
+        (),
+        "The shape the model itself takes or gives, when it differs from `shape` (which clients see); "
+        "without the batch dimension, same element count. Inputs are reshaped to it, outputs from it.",
+    )
+    labels_file: str = setting(
+        "",
+        "Outputs: a text file in the model's folder with one class label per line; the classification "
+        "extension (a requested output's `classification` parameter) adds the labels to its results.",
+    )
+    format: str = setting(
+        "",
+        "Inputs: image layout, `NCHW` or `NHWC`, reported by the model configuration endpoint for "
+        "clients that prepare images; empty: none.",
+        validator=one_of("", "NCHW", "NHWC"),
+    )
 
     @shape.validator
     def _check_shape(self, _attr: attrs.Attribute, value: tuple[int, ...]) -> None:
         if any(d < -1 or d == 0 for d in value):
             raise _Invalid("dimensions that are positive or -1", list(value), "shape")
+
+    @reshape.validator
+    def _check_reshape(self, _attr: attrs.Attribute, value: tuple[int, ...]) -> None:
+        if any(d < -1 or d == 0 for d in value) or value.count(-1) > 1:
+            raise _Invalid("dimensions that are positive, at most one -1", list(value), "reshape")
+        if value and not self.shape:
+            raise _Invalid("a shape for the reshape to apply to", key="shape", kind="missing")
+
+    @labels_file.validator
+    def _check_labels_file(self, _attr: attrs.Attribute, value: str) -> None:
+        if value and (Path(value).is_absolute() or ".." in Path(value).parts or "\\" in value):
+            raise _Invalid("a file name inside the model's folder", value, "labels_file")
 
 
 @attrs.frozen
