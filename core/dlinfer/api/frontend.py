@@ -34,6 +34,8 @@ JSON tensors
     - ``load_object`` / ``tensor_from_json`` — parse a JSON body / one tensor's nested lists.
 
 V2 gRPC
+    - ``answer_stream`` — serve a request stream (``ModelStreamInfer``): each request starts as it
+      arrives and is answered as it finishes.
     - ``v2_pb`` — the ``inference`` protobuf messages; ``V2_GRPC_SERVICE``,
       ``V2_GRPC_EXTENSIONS`` — the service name and the extensions a node announces.
     - ``SERVER_VERSION`` — dlinfer's version, as servers report it.
@@ -47,6 +49,7 @@ from ..dataplane import DataPlane, Lease, version_arg
 from ..repository import ModelRepository, ServedModel, check_name
 from ..server.app import CONFIG, PLUGINS, STATE
 from ..server.proto import inference_pb2 as v2_pb
+from ..server.streams import answer_stream
 from ..server.v2_grpc import EXTENSIONS as V2_GRPC_EXTENSIONS
 from ..server.v2_grpc import SERVICE as V2_GRPC_SERVICE
 from ..server.v2_http import index_ready_only, json_response, read_body
@@ -63,6 +66,7 @@ __all__ = [
     "Lease",
     "ModelRepository",
     "ServedModel",
+    "answer_stream",
     "check_name",
     "index_ready_only",
     "json_floats",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -30,6 +30,7 @@ from ..plugins import hookimpl
 from ..repository import ModelRepository, ServedModel
 from .model_config import extension_config
 from .proto import inference_pb2 as pb
+from .streams import answer_stream
 
 if TYPE_CHECKING:
     from ..dataplane import DataPlane
@@ -252,11 +253,41 @@ class V2Servicer:
 
     @_rpc(pb.ModelInferRequest)
     async def ModelInfer(self, request: Any, context: Any) -> Any:
+        return await self._infer(request, context.time_remaining())
+
+    async def _infer(self, request: Any, deadline_s: float | None) -> Any:
         # Draining, unknown model, full queue: refused before decoding.
         with self.state.admit(request.model_name, request.model_version) as lease:
             infer_request = decode_infer_request(request, self.config)
-            response = await lease.infer(infer_request, deadline_s=context.time_remaining())
+            response = await lease.infer(infer_request, deadline_s=deadline_s)
         return encode_infer_response(response)
+
+    async def ModelStreamInfer(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[Any]:
+        """The streaming extension: any number of requests and answers on one stream.
+
+        Each request starts as it arrives (in arrival order, so a sequence's
+        requests reach the scheduler in order) and is answered as it finishes,
+        with its ``id``; a request that fails answers ``error_message`` and the
+        stream goes on. The stream's own deadline bounds every request on it.
+        """
+        deadline_s = context.time_remaining()
+        async for answer in answer_stream(requests, lambda raw: self._stream_answer(raw, deadline_s)):
+            yield answer
+
+    async def _stream_answer(self, raw: bytes, deadline_s: float | None) -> Any:
+        """One request of a stream answered: its response, or its error as ``error_message``."""
+        try:
+            try:
+                request = pb.ModelInferRequest.FromString(raw)
+            except DecodeError as exc:
+                raise InvalidInput(f"malformed ModelInferRequest message: {exc}") from None
+            return pb.ModelStreamInferResponse(infer_response=await self._infer(request, deadline_s))
+        except DlinferError as exc:
+            return pb.ModelStreamInferResponse(error_message=exc.message)
+        except Exception as exc:
+            log.exception("unhandled error in ModelStreamInfer")
+            message = self.repository.client_text(f"internal error: {type(exc).__name__}: {exc}")
+            return pb.ModelStreamInferResponse(error_message=message)
 
     @_rpc(pb.RepositoryIndexRequest)
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
@@ -289,6 +320,9 @@ class V2Servicer:
             )
             for name in METHODS
         }
+        handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
+            self.ModelStreamInfer, response_serializer=lambda msg: msg.SerializeToString()
+        )
         return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
 

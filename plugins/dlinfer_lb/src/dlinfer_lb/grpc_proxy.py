@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -27,7 +27,7 @@ from dlinfer.api import DeadlineExceeded, DlinferError, InvalidInput, Unavailabl
 from dlinfer.api.frontend import SERVER_VERSION as __version__
 from dlinfer.api.frontend import V2_GRPC_EXTENSIONS as EXTENSIONS
 from dlinfer.api.frontend import V2_GRPC_SERVICE as SERVICE
-from dlinfer.api.frontend import check_name, version_arg
+from dlinfer.api.frontend import answer_stream, check_name, version_arg
 from dlinfer.api.frontend import v2_pb as pb
 
 from .proxy import UpstreamError
@@ -183,6 +183,7 @@ class GrpcGateway:
                 forwarded[method] = grpc.unary_unary_rpc_method_handler(
                     self._forwarder(f"/{service}/{method}", spec, inference)
                 )
+        handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(self.stream_infer)
         server.add_generic_rpc_handlers(
             tuple(grpc.method_handlers_generic_handler(service, h) for service, h in services.items())
         )
@@ -244,8 +245,35 @@ class GrpcGateway:
             except DlinferError as exc:
                 await context.abort(grpc.StatusCode[exc.grpc_code], exc.message)
                 raise  # abort raises; this line is never reached
+            except Answered as answered:
+                await context.abort(answered.code, answered.details)
+                raise
 
         return forward
+
+    async def stream_infer(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        """``ModelStreamInfer`` through the gateway: each request on the stream is forwarded to a
+        node as a ``ModelInfer`` (strategies, retries and ejection as for a unary call) and its
+        answer, or its error, goes back on the stream as it arrives."""
+        path = f"/{SERVICE}/ModelInfer"
+
+        async def answer(raw: bytes) -> bytes:
+            try:
+                if self.state.draining:
+                    raise Unavailable("server is shutting down")
+                model, version = _model_args(*model_and_version(raw))
+                response = await self._forward(path, model, version, raw, context)
+                # ModelStreamInferResponse.infer_response (field 2) holds the node's answer as it came.
+                return _length_delimited(2, response)
+            except DlinferError as exc:
+                return _serialize(pb.ModelStreamInferResponse(error_message=exc.message))
+            except Answered as answered:
+                return _serialize(pb.ModelStreamInferResponse(error_message=answered.details))
+
+        async for reply in answer_stream(requests, answer):
+            yield reply
 
     async def _forward(
         self, path: str, model: str, version: str | None, raw: bytes, context: grpc.aio.ServicerContext
@@ -284,18 +312,18 @@ class GrpcGateway:
                 return await self._attempt(node, route, model, path, raw, metadata, remaining)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    await context.abort(
+                    raise Answered(
                         grpc.StatusCode.DEADLINE_EXCEEDED,
                         f"model {model!r}: no answer within {remaining * 1000:.0f} ms (waiting for {node.grpc})",
-                    )
+                    ) from None
                 if exc.code() not in RETRY_CODES:
                     # The node answered: its status and details are the client's answer.
-                    await context.abort(exc.code(), exc.details() or "")
+                    raise Answered(exc.code(), exc.details() or "") from None
                 errors.append(f"{node.grpc}: {exc.code().name}: {exc.details()}")
                 refused = exc
         if refused is not None:
             # The last node's own refusal (its status and details) is the most useful error.
-            await context.abort(refused.code(), refused.details() or "")
+            raise Answered(refused.code(), refused.details() or "")
         raise UpstreamError(f"model {model!r}: no node could answer: " + "; ".join(errors))
 
     async def _attempt(
@@ -337,6 +365,26 @@ class GrpcGateway:
 def _model_args(name: str, version: str) -> tuple[str, str | None]:
     v = version_arg(version or None)
     return check_name(name), str(int(v)) if v else None
+
+
+class Answered(Exception):
+    """A node's (or the deadline's) final gRPC status for a forwarded request: the client's answer."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+def _length_delimited(field: int, data: bytes) -> bytes:
+    """One length-delimited protobuf field (a nested message as bytes)."""
+    key, size = (field << 3) | 2, len(data)
+    out = bytearray([key])
+    while size > 0x7F:
+        out.append((size & 0x7F) | 0x80)
+        size >>= 7
+    out.append(size)
+    return bytes(out) + data
 
 
 def _serialize(msg: Any) -> bytes:
