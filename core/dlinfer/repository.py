@@ -42,6 +42,7 @@ from .inference import InferenceRequest, InferenceResponse, InferOutput
 from .model import ModelConfig, Runner, TensorSpec, model_config_from_dict
 from .optimize import optimize_runner
 from .scheduler import DirectScheduler, DynamicBatcher, Scheduler
+from .sequence import SequenceBatcher
 from .settings import read_toml
 from .stats import ModelStats
 from .warmup import warm_up
@@ -128,6 +129,7 @@ class ServedModel:
         limits = plugins.config.limits
         self.max_batch_size = self._batching(config, limits.max_batch_size)
         self._check_config_tensors()
+        self._control_inputs = self._take_control_inputs()
         self._hook = plugins.hook
         self._infer = self._pick_infer()
         self.preprocess = _resolve_processors(plugins, config.preprocess)
@@ -143,9 +145,20 @@ class ServedModel:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def _make_scheduler(self, max_queue_size: int, max_queue_wait_s: float) -> Scheduler:
-        """A dynamic batcher when the model batches and has ``[dynamic_batching]``; else the direct path."""
+    def _make_scheduler(self, max_queue_size: int, max_queue_wait_s: float) -> Scheduler | SequenceBatcher:
+        """A sequence batcher for a stateful model (``[sequence_batching]``); a dynamic batcher when the
+        model batches and has ``[dynamic_batching]``; else the direct path."""
         label = f"{self.name}:{self.version}"
+        if self.config.sequence_batching is not None:
+            return SequenceBatcher(
+                label,
+                self._run,
+                self.config.instance_count,
+                max_queue_size,
+                self.max_batch_size,
+                self.config.sequence_batching,
+                max_queue_wait_s,
+            )
         batching = self.config.dynamic_batching
         if self.max_batch_size > 0 and batching is not None:
             return DynamicBatcher(
@@ -190,6 +203,29 @@ class ServedModel:
                         f"config.toml says {kind} {t.name!r} is {t.datatype}, the model says {spec.datatype}"
                     )
 
+    def _take_control_inputs(self) -> set[str]:
+        """The model inputs that ``[sequence_batching]`` fills: checked against the model file and
+        hidden from clients (metadata and requests), who never send them."""
+        sequencing = self.config.sequence_batching
+        if sequencing is None:
+            return set()
+        for control in sequencing.control_input:
+            spec = self._input_by_name.get(control.name)
+            if spec is None:
+                raise ModelLoadError(
+                    f"sequence_batching names control input {control.name!r}, but the model's inputs are "
+                    f"{sorted(self._input_by_name)}"
+                )
+            if spec.datatype != control.datatype:
+                raise ModelLoadError(
+                    f"sequence_batching fills control input {control.name!r} ({control.kind}) as "
+                    f"{control.datatype}, the model says {spec.datatype}"
+                )
+        names = {c.name for c in sequencing.control_input}
+        self.inputs = [t for t in self.inputs if t.name not in names]
+        self._input_by_name = {t.name: t for t in self.inputs}
+        return names
+
     def _describe_processed_tensors(self) -> None:
         """Let processors say what clients send and receive in place of the model's own tensors.
 
@@ -227,6 +263,10 @@ class ServedModel:
         batch: int | None = None
         for inp in request.inputs:
             spec = self._input_by_name.get(inp.name)
+            if spec is None and inp.name in self._control_inputs:
+                raise InvalidInput(
+                    f"input {inp.name!r} of model {self.name!r} is a sequence control input: the server fills it"
+                )
             if spec is None:
                 raise InvalidInput(
                     f"model {self.name!r} has no input {inp.name!r}; its inputs are "
@@ -317,7 +357,10 @@ class ServedModel:
         failure: str | None = "canceled"  # stays so only if the caller goes away (client disconnect)
         try:
             inputs = self.validate(request)
-            outputs = await self.scheduler.submit(inputs, deadline)
+            if isinstance(self.scheduler, SequenceBatcher):
+                outputs = await self.scheduler.submit(inputs, deadline, request.parameters)
+            else:
+                outputs = await self.scheduler.submit(inputs, deadline)
             failure = None
         except DlinferError as exc:
             failure = _FAILURE_REASONS.get(type(exc), "other")
