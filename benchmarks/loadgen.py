@@ -189,6 +189,8 @@ async def make_sender(args: argparse.Namespace, x: np.ndarray) -> Any:
     import aiohttp
 
     body, headers = http_payload(args.protocol, x)
+    # Uncompressed answers, as a load generator (and tritonclient) asks; aiohttp asks for gzip by default.
+    headers = {**headers, "Accept-Encoding": "identity"}
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=args.timeout)
     )

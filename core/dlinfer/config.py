@@ -54,6 +54,11 @@ class ServerConfig:
         validator=one_of("auto", "uvloop", "asyncio"),
     )
     tls: TlsConfig = setting(TlsConfig(), "TLS for the HTTP and gRPC ports (off unless `cert_file` is set).")
+    compress_responses: bool = setting(
+        True,
+        "Compress inference responses of 1 KiB or more with gzip or deflate (level 1) when the request's "
+        "`Accept-Encoding` asks, as Triton does; `false`: always send them as they are.",
+    )
     access_log: bool = setting(
         False,
         "One log record per HTTP request on the `dlinfer.access` logger: client, method, path, status, bytes sent, "

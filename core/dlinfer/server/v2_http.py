@@ -14,7 +14,7 @@ from ..errors import InvalidInput, ModelNotReady, PayloadTooLarge, RequestTimeou
 from ..plugins import hookimpl
 from ..repository import ModelRepository, ServedModel
 from .app import CONFIG, PLUGINS, STATE
-from .content_encoding import content_encoding, read_decoded
+from .content_encoding import content_encoding, encode_response, read_decoded
 from .expect import expect_handler
 from .model_config import extension_config
 
@@ -164,6 +164,9 @@ async def infer(request: web.Request) -> web.Response:
         infer_request = codec.decode(body, request.headers)
         response = await lease.infer(infer_request)
     payload, headers = codec.encode(response, infer_request)
+    if request.app[CONFIG].server.compress_responses:
+        headers = dict(headers)
+        payload = await encode_response(payload, headers, request.headers.get("Accept-Encoding", ""))
     return web.Response(body=payload, headers=headers)
 
 
