@@ -46,10 +46,11 @@ class TensorConfig:
     shape: tuple[int, ...] = setting(
         (), "Dimensions, `-1` for any size; without the batch dimension when `max_batch_size > 0`."
     )
-    reshape: tuple[int, ...] = setting(
-        (),
+    reshape: tuple[int, ...] | None = setting(
+        None,
         "The shape the model itself takes or gives, when it differs from `shape` (which clients see); "
-        "without the batch dimension, same element count. Inputs are reshaped to it, outputs from it.",
+        "without the batch dimension, same element count (`[]`: a scalar per batch row). Inputs are "
+        "reshaped to it, outputs from it.",
     )
     labels_file: str = setting(
         "",
@@ -69,10 +70,12 @@ class TensorConfig:
             raise _Invalid("dimensions that are positive or -1", list(value), "shape")
 
     @reshape.validator
-    def _check_reshape(self, _attr: attrs.Attribute, value: tuple[int, ...]) -> None:
+    def _check_reshape(self, _attr: attrs.Attribute, value: tuple[int, ...] | None) -> None:
+        if value is None:
+            return
         if any(d < -1 or d == 0 for d in value) or value.count(-1) > 1:
             raise _Invalid("dimensions that are positive, at most one -1", list(value), "reshape")
-        if value and not self.shape:
+        if not self.shape:
             raise _Invalid("a shape for the reshape to apply to", key="shape", kind="missing")
 
     @labels_file.validator
