@@ -49,7 +49,10 @@ def _importlinter() -> dict[str, Any]:
 
 
 def _plugin_packages() -> set[str]:
-    return {p.name for p in [*ROOT.glob("plugins/*/src/dlinfer_*"), *ROOT.glob("examples/plugins/*/src/dlinfer_*")]}
+    """Every top-level package a plugin distribution ships (dlinfer-python also ships
+    ``triton_python_backend_utils``, the module Triton's Python models import)."""
+    folders = [*ROOT.glob("plugins/*/src/*"), *ROOT.glob("examples/plugins/*/src/*")]
+    return {p.name for p in folders if (p / "__init__.py").is_file()}
 
 
 def test_import_contract_names_every_core_module_and_plugin() -> None:
