@@ -31,6 +31,7 @@ from dlinfer.api.frontend import answer_stream, check_name, version_arg
 from dlinfer.api.frontend import v2_pb as pb
 
 from .proxy import UpstreamError
+from .sequences import SequenceRef, sequence_ref
 from .strategies import FAILURE, SUCCESS
 
 if TYPE_CHECKING:
@@ -114,6 +115,51 @@ def tf_model_spec(buf: bytes) -> tuple[str, str]:
     if isinstance(version, bytes):
         raise InvalidInput("malformed request message: model_spec.version is not an integer")
     return _text(spec.get(1)), "" if version is None else str(version)
+
+
+def _infer_parameters(buf: bytes) -> dict[str, Any]:
+    """The sequence entries of a ``ModelInferRequest``'s ``parameters`` map (field 4: entries with a
+    string key, 1, and an ``InferParameter`` value, 2), read off the wire without touching tensors."""
+    params: dict[str, Any] = {}
+    pos = 0
+    while pos < len(buf):
+        key, pos = _varint(buf, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 2:
+            n, pos = _varint(buf, pos)
+            if field == 4:
+                entry = _fields(buf[pos : pos + n])
+                name = entry.get(1)
+                if isinstance(name, bytes) and name.startswith(b"sequence_"):
+                    params[name.decode(errors="replace")] = _parameter_value(_bytes(entry.get(2)))
+            pos += n
+        elif wire == 0:
+            _, pos = _varint(buf, pos)
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        else:
+            raise InvalidInput(f"malformed request message: wire type {wire}")
+    return params
+
+
+def _parameter_value(buf: bytes) -> Any:
+    """An ``InferParameter``: bool (1), int64 (2), string (3) or uint64 (5); a double (4) is ignored."""
+    found = _fields(buf)
+    if isinstance(found.get(1), int):
+        return bool(found[1])
+    if isinstance(found.get(2), int):
+        value = int(found[2])
+        return value - (1 << 64) if value >= 1 << 63 else value
+    if isinstance(found.get(3), bytes):
+        return _text(found[3])
+    return found.get(5) if isinstance(found.get(5), int) else None
+
+
+def grpc_sequence(buf: bytes) -> SequenceRef | None:
+    """The sequence a raw ``ModelInferRequest`` belongs to, if any."""
+    if b"sequence_id" not in buf:
+        return None
+    return sequence_ref(_infer_parameters(buf))
 
 
 def _bytes(value: bytes | int | None) -> bytes:
@@ -290,6 +336,7 @@ class GrpcGateway:
         errors: list[str] = []
         refused: grpc.aio.AioRpcError | None = None
         gw.proxy.budget.request()
+        seq = grpc_sequence(raw) if path.endswith("/ModelInfer") else None
         for attempt in range(policy.max_retries + 1):
             now = time.monotonic()
             candidates = [n for n in gw.membership.candidates(model, version, now) if n.grpc and n.url not in tried]
@@ -303,14 +350,22 @@ class GrpcGateway:
                     errors.append("retry budget exhausted")
                     break
                 gw.metrics.retries.labels(model).inc()
-            node = route.strategy.pick(model, candidates, keyed)
+            if seq is not None:
+                node = gw.proxy.sequences.pick(model, seq, candidates)
+            else:
+                node = route.strategy.pick(model, candidates, keyed)
             tried.add(node.url)
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise DeadlineExceeded(f"model {model!r}: deadline passed; " + "; ".join(errors))
             try:
-                return await self._attempt(node, route, model, path, raw, metadata, remaining)
+                answer = await self._attempt(node, route, model, path, raw, metadata, remaining)
+                if seq is not None:
+                    gw.proxy.sequences.answered(model, seq, node, True)
+                return answer
             except grpc.aio.AioRpcError as exc:
+                if seq is not None:
+                    gw.proxy.sequences.answered(model, seq, node, False)
                 if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                     raise Answered(
                         grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -321,6 +376,8 @@ class GrpcGateway:
                     raise Answered(exc.code(), exc.details() or "") from None
                 errors.append(f"{node.grpc}: {exc.code().name}: {exc.details()}")
                 refused = exc
+                if seq is not None:
+                    break  # a sequence's state is on its node: never move it
         if refused is not None:
             # The last node's own refusal (its status and details) is the most useful error.
             raise Answered(refused.code(), refused.details() or "")

@@ -30,6 +30,7 @@ from dlinfer.api import DeadlineExceeded, DlinferError, ModelNotFound, ModelNotR
 from .health import OutlierDetector
 from .membership import Membership, Node
 from .metrics import GatewayMetrics
+from .sequences import SequenceRouter, http_sequence
 from .settings import RoutePolicy
 from .strategies import FAILURE, SUCCESS, Strategy
 
@@ -145,6 +146,8 @@ class Proxy:
         self.metrics = metrics
         self.budget = budget
         self._now = now
+        #: The node of each live sequence of a stateful model (HTTP and gRPC alike).
+        self.sequences = SequenceRouter()
 
     def no_candidate(self, model: str, version: str | None) -> DlinferError:
         what = f"model {model!r}" + (f" version {version}" if version else "")
@@ -165,13 +168,17 @@ class Proxy:
         refused: _Refused | None = None
         self.budget.request()
         retries = 0
+        seq = http_sequence(request.headers, body)
         while True:
             candidates = [n for n in self.membership.candidates(model, version, self._now()) if n.url not in tried]
             if not candidates:
                 if not tried:
                     raise self.no_candidate(model, version)
                 break
-            node = route.strategy.pick(model, candidates, request)
+            if seq is not None:
+                node = self.sequences.pick(model, seq, candidates)
+            else:
+                node = route.strategy.pick(model, candidates, request)
             tried.add(node.url)
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -180,12 +187,14 @@ class Proxy:
                 )
             result = await self._attempt(request, route, model, node, path, body, headers, remaining)
             if not isinstance(result, _Refused):
+                if seq is not None:
+                    self.sequences.answered(model, seq, node, result.status == 200)
                 return result
             errors.append(f"{node.url}: {result.reason}")
             if result.status is not None:
                 refused = result
-            if retries >= policy.max_retries:
-                break
+            if seq is not None or retries >= policy.max_retries:
+                break  # a sequence's state is on its node: never move it
             if not self.budget.try_retry():
                 self.metrics.budget_exhausted.labels(model).inc()
                 errors.append("retry budget exhausted")
