@@ -27,6 +27,7 @@ import attrs
 import numpy as np
 
 from .datatypes import v2_datatype
+from .ensemble import ENSEMBLE, EnsembleRunner
 from .errors import (
     DeadlineExceeded,
     DlinferError,
@@ -357,7 +358,9 @@ class ServedModel:
         failure: str | None = "canceled"  # stays so only if the caller goes away (client disconnect)
         try:
             inputs = self.validate(request)
-            if isinstance(self.scheduler, SequenceBatcher):
+            if isinstance(self.runner, EnsembleRunner):  # its steps queue at their own models
+                outputs = await self.runner.run(inputs, deadline)
+            elif isinstance(self.scheduler, SequenceBatcher):
                 outputs = await self.scheduler.submit(inputs, deadline, request.parameters)
             else:
                 outputs = await self.scheduler.submit(inputs, deadline)
@@ -659,6 +662,10 @@ class ModelRepository:
         mdir = self.model_dir(name)
         path = safe_child(self.root, mdir, str(version))
         check_tree(self.root, path)
+        if cfg.format == ENSEMBLE or (cfg.ensemble is not None and not cfg.format):
+            return self._load_ensemble(name, version, cfg)
+        if cfg.ensemble is not None:
+            raise ModelLoadError(f"[ensemble] is set but format is {cfg.format!r}; ensembles need format = 'ensemble'")
         runner = self.plugins.hook.dlinfer_load_model(config=cfg, path=path, node_config=self.config)
         result = optimize_runner(runner, cfg, path, self.plugins)
         runner = result.runner
@@ -670,6 +677,16 @@ class ModelRepository:
         except BaseException:
             runner.close()
             raise
+
+    def _load_ensemble(self, name: str, version: int, cfg: ModelConfig) -> ServedModel:
+        """An ensemble: no loader, its steps are other models reached through the data plane."""
+        from .dataplane import DataPlane  # the data plane is built on this module
+
+        def on_disk(model: str) -> bool:
+            return bool(NAME_RE.match(model)) and (self.root / model).is_dir()
+
+        runner = EnsembleRunner(name, cfg, DataPlane(self), on_disk)
+        return ServedModel(name, version, cfg, runner, self.plugins, ENSEMBLE)
 
     async def unload(self, name: str) -> None:
         """Stop serving a model; in-flight requests finish first, then memory is freed."""
