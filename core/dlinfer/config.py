@@ -194,6 +194,18 @@ class LoggingConfig:
 
 
 @attrs.frozen
+class MetricsConfig:
+    """The Prometheus metrics at ``/metrics``."""
+
+    triton_names: bool = setting(
+        False,
+        "Also expose the per-model series under Triton's `nv_inference_*` names (success, failure by "
+        "reason, count, exec count, request/queue/compute microseconds, pending), for dashboards built "
+        "for Triton.",
+    )
+
+
+@attrs.frozen
 class NodeConfig:
     """The whole ``node.toml``."""
 
@@ -203,6 +215,7 @@ class NodeConfig:
     limits: LimitsConfig = setting(LimitsConfig(), "Request limits.")
     threads: ThreadsConfig = setting(ThreadsConfig(), "Framework thread pools.")
     logging: LoggingConfig = setting(LoggingConfig(), "Log output.")
+    metrics: MetricsConfig = setting(MetricsConfig(), "Prometheus metrics.")
     base_dir: str = setting(".", "Folder relative paths are resolved against.", metadata={"toml": False})
     source: str = setting("<defaults>", "Where the configuration came from.", metadata={"toml": False})
 

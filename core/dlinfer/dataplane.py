@@ -59,12 +59,17 @@ def check_control(config: NodeConfig, authorization: str | None) -> None:
     """Model control must be enabled and, when a token is configured, the bearer token must match."""
     if config.repository.control_mode == "none":
         raise InvalidInput("model control is disabled (repository.control_mode = 'none')")
+    check_token(config, authorization, "model control")
+
+
+def check_token(config: NodeConfig, authorization: str | None, what: str) -> None:
+    """When the node has a control token, ``authorization`` must carry it (``Bearer <token>``)."""
     token = config.repository.control_token
     if not token:
         return
     scheme, _, given = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-        raise Unauthenticated("model control needs 'Authorization: Bearer <token>' with the node's control token")
+        raise Unauthenticated(f"{what} needs 'Authorization: Bearer <token>' with the node's control token")
 
 
 class Lease:

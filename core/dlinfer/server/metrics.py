@@ -13,6 +13,7 @@ increments per request and no hook call.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -27,9 +28,12 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric, UnknownMetricFamily
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from ..plugins import hookimpl
 
@@ -198,11 +202,69 @@ class ModelObserver:
             self._m.failure.labels(*self._key, failure).inc()
 
 
+#: Triton's name for each of the series (``[metrics] triton_names``), and the attribute holding ours.
+TRITON_COUNTERS = (
+    ("nv_inference_request_success", "success", "Number of successful inference requests"),
+    ("nv_inference_count", "inference_count", "Number of inferences performed (batch rows)"),
+    ("nv_inference_exec_count", "exec_count", "Number of model executions"),
+    ("nv_inference_request_duration_us", "request_us", "Cumulative request duration in microseconds"),
+    ("nv_inference_queue_duration_us", "queue_us", "Cumulative queue duration in microseconds"),
+    ("nv_inference_compute_infer_duration_us", "compute_us", "Cumulative compute duration in microseconds"),
+)
+#: dlinfer's failure reasons as Triton's.
+TRITON_REASONS = {"overloaded": "REJECTED", "canceled": "CANCELED", "backend": "BACKEND"}
+
+
+class TritonNames(Collector):
+    """The same per-model series under Triton's ``nv_inference_*`` names, read from ours at each
+    scrape (nothing more to count per request). Untyped, so the sample names are exactly Triton's
+    (this exposition format would add ``_total`` to a counter's)."""
+
+    def __init__(self, metrics: NodeMetrics) -> None:
+        self.m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        for name, attr, doc in TRITON_COUNTERS:
+            family = UnknownMetricFamily(name, doc, labels=LABELS)
+            for sample in _samples(getattr(self.m, attr), "_total"):
+                family.add_metric([sample.labels["model"], sample.labels["version"]], sample.value)
+            yield family
+        failures: dict[tuple[str, str, str], float] = {}
+        for sample in _samples(self.m.failure, "_total"):
+            key = (
+                sample.labels["model"],
+                sample.labels["version"],
+                TRITON_REASONS.get(sample.labels["reason"], "OTHER"),
+            )
+            failures[key] = failures.get(key, 0.0) + sample.value
+        family = UnknownMetricFamily(
+            "nv_inference_request_failure", "Number of failed inference requests", labels=(*LABELS, "reason")
+        )
+        for key, value in failures.items():
+            family.add_metric(list(key), value)
+        yield family
+        pending = GaugeMetricFamily(
+            "nv_inference_pending_request_count", "Requests waiting to be executed", labels=LABELS
+        )
+        for sample in _samples(self.m.pending, ""):
+            pending.add_metric([sample.labels["model"], sample.labels["version"]], sample.value)
+        yield pending
+
+
+def _samples(metric: Collector, suffix: str) -> Iterator[Sample]:
+    for family in metric.collect():
+        for sample in family.samples:
+            if sample.name == family.name + suffix:
+                yield sample
+
+
 class MetricsPlugin:
     """The ``metrics`` built-in: one :class:`NodeMetrics` per node and the ``/metrics`` route."""
 
-    def __init__(self) -> None:
+    def __init__(self, triton_names: bool = False) -> None:
         self.metrics = NodeMetrics()
+        if triton_names:
+            self.metrics.registry.register(TritonNames(self.metrics))
 
     @hookimpl
     def dlinfer_routes(self, app: web.Application, repository: ModelRepository) -> None:
@@ -234,4 +296,4 @@ class MetricsPlugin:
 
 
 def make_plugin(plugins: Plugins) -> MetricsPlugin:
-    return MetricsPlugin()
+    return MetricsPlugin(triton_names=plugins.config.metrics.triton_names)

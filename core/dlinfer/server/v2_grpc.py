@@ -22,12 +22,13 @@ from google.protobuf.message import DecodeError, Message
 from .. import __version__
 from ..builtin.binary_codec import tensor_from_bytes, tensor_to_bytes
 from ..config import NodeConfig
-from ..dataplane import check_control
+from ..dataplane import check_control, check_token
 from ..datatypes import check_shape, numpy_dtype
 from ..errors import DlinferError, InvalidInput, ModelNotFound, ModelNotReady
 from ..inference import InferenceRequest, InferenceResponse, InferInput, RequestedOutput
 from ..plugins import hookimpl
 from ..repository import ModelRepository, ServedModel
+from . import log_settings
 from .model_config import extension_config
 from .proto import inference_pb2 as pb
 from .streams import answer_stream
@@ -50,8 +51,9 @@ METHODS = (
     "RepositoryIndex",
     "RepositoryModelLoad",
     "RepositoryModelUnload",
+    "LogSettings",
 )
-EXTENSIONS = ["model_repository", "model_configuration", "statistics", "binary_tensor_data", "parameters"]
+EXTENSIONS = ["logging", "model_repository", "model_configuration", "statistics", "binary_tensor_data", "parameters"]
 
 #: The ``InferTensorContents`` field each datatype travels in (FP16: raw only).
 CONTENTS_FIELD = {
@@ -288,6 +290,50 @@ class V2Servicer:
             log.exception("unhandled error in ModelStreamInfer")
             message = self.repository.client_text(f"internal error: {type(exc).__name__}: {exc}")
             return pb.ModelStreamInferResponse(error_message=message)
+
+    @_rpc(pb.LogSettingsRequest)
+    async def LogSettings(self, request: Any, context: Any) -> Any:
+        """The logging extension (the control token, when set, is required to change settings)."""
+        settings = log_settings.current()
+        if request.settings:
+            check_token(self.config, _metadata(context, "authorization"), "changing log settings")
+            changes = {}
+            for key, value in request.settings.items():
+                which = value.WhichOneof("parameter_choice")
+                changes[key] = getattr(value, which) if which else None
+            settings = log_settings.update(changes)
+        msg = pb.LogSettingsResponse()
+        for key, value in settings.items():
+            field = (
+                "bool_param"
+                if isinstance(value, bool)
+                else "uint32_param"
+                if isinstance(value, int)
+                else "string_param"
+            )
+            setattr(msg.settings[key], field, value)
+        return msg
+
+    @_rpc(pb.SystemSharedMemoryStatusRequest)
+    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        msg = pb.SystemSharedMemoryStatusResponse()
+        for region in self.state.shared_memory.status(request.name):
+            msg.regions[region["name"]].CopyFrom(pb.SystemSharedMemoryStatusResponse.RegionStatus(**region))
+        return msg
+
+    @_rpc(pb.SystemSharedMemoryRegisterRequest)
+    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        self.state.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @_rpc(pb.SystemSharedMemoryUnregisterRequest)
+    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        self.state.shared_memory.unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    async def CudaSharedMemory(self, request: bytes, context: grpc.aio.ServicerContext) -> Any:
+        """Every CUDA shared memory method: a clear UNIMPLEMENTED rather than grpc's "method not found"."""
+        await context.abort(grpc.StatusCode[Unsupported.grpc_code], CUDA_UNSUPPORTED)
 
     @_rpc(pb.RepositoryIndexRequest)
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:

@@ -10,15 +10,18 @@ import orjson
 from aiohttp import StreamReader, web
 
 from .. import __version__
+from ..dataplane import check_token
 from ..errors import InvalidInput, ModelNotReady, PayloadTooLarge, RequestTimeout
 from ..plugins import hookimpl
 from ..repository import ModelRepository, ServedModel
+from . import log_settings
 from .app import CONFIG, PLUGINS, STATE
 from .content_encoding import content_encoding, encode_response, read_decoded
 from .expect import expect_handler
 from .model_config import extension_config
 
 EXTENSIONS = [
+    "logging",
     "model_repository",
     "model_configuration",
     "statistics",
@@ -199,6 +202,24 @@ async def repository_load(request: web.Request) -> web.Response:
 async def repository_unload(request: web.Request) -> web.Response:
     await request.app[STATE].unload(request.match_info["model"], request.headers.get("Authorization"))
     return json_response({})
+
+
+@server_routes.get("/v2/logging")
+async def get_log_settings(request: web.Request) -> web.Response:
+    return json_response(log_settings.current())
+
+
+@server_routes.post("/v2/logging")
+async def update_log_settings(request: web.Request) -> web.Response:
+    """The logging extension: change log verbosity (the control token, when set, is required)."""
+    check_token(request.app[CONFIG], request.headers.get("Authorization"), "changing log settings")
+    try:
+        doc = orjson.loads(await read_body(request) or b"{}")
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"malformed JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidInput("expected a JSON object of log settings")
+    return json_response(log_settings.update(doc))
 
 
 @server_routes.get("/v2/-/plugins")

@@ -199,6 +199,17 @@ SCHEMAS: dict[str, Any] = {
             "reason": {"type": "string", "description": "why the version is not ready (empty when it is)"},
         },
     },
+    "LogSettings": {
+        "type": "object",
+        "properties": {
+            "log_file": {"type": "string", "description": "always empty in answers; cannot be set by a request"},
+            "log_info": {"type": "boolean"},
+            "log_warning": {"type": "boolean"},
+            "log_error": {"type": "boolean"},
+            "log_verbose_level": {"type": "integer", "minimum": 0, "description": "> 0: DEBUG"},
+            "log_format": {"type": "string", "enum": ["default", "ISO8601"]},
+        },
+    },
     "PluginInfo": {
         "type": "object",
         "required": ["name", "distribution", "version", "status", "hooks", "error", "provides"],
@@ -266,6 +277,21 @@ def describe(spec: dict[str, Any], app: web.Application) -> None:
     paths = spec["paths"]
     paths["/v2"] = {
         "get": _op("serverMetadata", "Server metadata", "v2", {"200": json_response("metadata", ref("ServerMetadata"))})
+    }
+    paths["/v2/logging"] = {
+        "get": _op("getLogSettings", "Log settings", "v2", {"200": json_response("the settings", ref("LogSettings"))}),
+        "post": _op(
+            "updateLogSettings",
+            "Change log settings",
+            "v2",
+            {
+                "200": json_response("the settings now", ref("LogSettings")),
+                "400": error_response("unknown setting, wrong type, or log_file"),
+                "401": error_response("the node's control token is missing or wrong"),
+            },
+            requestBody={"required": False, "content": json_content(ref("LogSettings"))},
+            security=security,
+        ),
     }
     paths["/v2/health/live"] = {
         "get": _op("serverLive", "Liveness", "health", {"200": json_response("the process runs", ref("Live"))})
