@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import numpy as np
 
+from . import classification
+from .classification import read_labels
 from .datatypes import v2_datatype
 from .ensemble import ENSEMBLE, EnsembleRunner
 from .errors import (
@@ -46,6 +48,8 @@ from .scheduler import DirectScheduler, DynamicBatcher, Scheduler
 from .sequence import SequenceBatcher
 from .settings import read_toml
 from .stats import ModelStats
+from .triton.config import CONFIG_FILE as TRITON_CONFIG
+from .triton.config import read_triton_config
 from .warmup import warm_up
 
 if TYPE_CHECKING:
@@ -117,6 +121,7 @@ class ServedModel:
         plugins: Plugins,
         platform: str = "",
         optimized: list[dict[str, Any]] | None = None,
+        labels: dict[str, list[str]] | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -130,6 +135,9 @@ class ServedModel:
         limits = plugins.config.limits
         self.max_batch_size = self._batching(config, limits.max_batch_size)
         self._check_config_tensors()
+        self._reshapes = self._apply_reshapes()
+        #: Class labels of outputs, for the classification extension (see :mod:`dlinfer.classification`).
+        self.labels = labels or {}
         self._control_inputs = self._take_control_inputs()
         self._hook = plugins.hook
         self._infer = self._pick_infer()
@@ -227,6 +235,40 @@ class ServedModel:
         self._input_by_name = {t.name: t for t in self.inputs}
         return names
 
+    def _apply_reshapes(self) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+        """Describe tensors that have a ``reshape`` as clients see them (their ``shape``). Returns
+        the shapes, per batch row, that inputs take to the model and outputs take back to clients."""
+        batch = (-1,) if self.max_batch_size else ()
+        maps: list[dict[str, tuple[int, ...]]] = []
+        for kind, stated, specs in (
+            ("input", self.config.input, self.inputs),
+            ("output", self.config.output, self.outputs),
+        ):
+            pairs = {t.name: (t.shape, t.reshape) for t in stated if t.reshape is not None}
+            for i, spec in enumerate(specs):
+                if spec.name not in pairs:
+                    continue
+                shape, reshape = pairs[spec.name]
+                model_shape = batch + reshape
+                if -1 not in shape + reshape and int(np.prod(shape)) != int(np.prod(reshape)):
+                    raise ModelLoadError(
+                        f"{kind} {spec.name!r}: shape {list(shape)} and reshape {list(reshape)} "
+                        "hold different numbers of elements"
+                    )
+                if len(spec.shape) != len(model_shape) or any(
+                    -1 not in (m, d) and m != d for m, d in zip(spec.shape, model_shape, strict=True)
+                ):
+                    raise ModelLoadError(
+                        f"{kind} {spec.name!r}: reshape {list(reshape)} does not match the model's shape "
+                        f"{list(spec.shape[len(batch) :])}"
+                    )
+                specs[i] = TensorSpec(spec.name, spec.datatype, batch + shape)
+            # Inputs travel to the model's shape, outputs back to the clients'.
+            maps.append({n: (r if kind == "input" else s) for n, (s, r) in pairs.items()})
+        self._input_by_name = {t.name: t for t in self.inputs}
+        self._output_by_name = {t.name: t for t in self.outputs}
+        return maps[0], maps[1]
+
     def _describe_processed_tensors(self) -> None:
         """Let processors say what clients send and receive in place of the model's own tensors.
 
@@ -291,6 +333,8 @@ class ServedModel:
                     f"model {self.name!r} has no output {out.name!r}; its outputs are "
                     f"{', '.join(sorted(self._output_by_name))}"
                 )
+            if classification.PARAMETER in out.parameters:
+                classification.class_count(out.parameters[classification.PARAMETER], self._output_by_name[out.name])
         return seen
 
     def _check_tensor(self, spec: TensorSpec, datatype: str, shape: tuple[int, ...]) -> None:
@@ -317,10 +361,21 @@ class ServedModel:
         """Pre-process, infer, post-process; runs in a worker thread."""
         for proc in self.preprocess:
             inputs = proc(inputs, self.config)
+        to_model, to_client = self._reshapes
+        if to_model:
+            inputs = {k: self._reshaped(v, to_model.get(k)) for k, v in inputs.items()}
         outputs = self._infer(inputs)
+        if to_client:
+            outputs = {k: self._reshaped(v, to_client.get(k)) for k, v in outputs.items()}
         for proc in self.postprocess:
             outputs = proc(outputs, self.config)
         return outputs
+
+    def _reshaped(self, arr: np.ndarray, shape: tuple[int, ...] | None) -> np.ndarray:
+        """``arr`` in ``shape`` (per batch row when the model batches); as it is for ``None``."""
+        if shape is None:
+            return arr
+        return np.reshape(arr, (arr.shape[0], *shape) if self.max_batch_size else shape)
 
     def refuse_if_full(self, pending: int = 0) -> None:
         """Raise :class:`Overloaded` now if the queue (with ``pending`` admitted requests) is full.
@@ -378,10 +433,19 @@ class ServedModel:
             for o in self.scheduler.observers:
                 o.finished(failure, time.perf_counter() - t0)
         wanted = [o.name for o in request.outputs] or list(outputs)
+        classes = {
+            o.name: o.parameters[classification.PARAMETER]
+            for o in request.outputs
+            if classification.PARAMETER in o.parameters
+        }
         result = []
         for name in wanted:
             arr = np.asarray(outputs[name])
             spec = self._output_by_name.get(name)
+            if name in classes:
+                arr = classification.top_classes(arr, classes[name], self.labels.get(name), self.max_batch_size > 0)
+                result.append(InferOutput(name, "BYTES", arr.shape, arr))
+                continue
             result.append(InferOutput(name, spec.datatype if spec else v2_datatype(arr.dtype), arr.shape, arr))
         return InferenceResponse(self.name, str(self.version), result, request.id)
 
@@ -420,10 +484,10 @@ def _resolve_processors(plugins: Plugins, names: tuple[str, ...]) -> list[Any]:
 
 @attrs.frozen
 class Fingerprint:
-    """A model's files as poll mode compares them: config.toml's (size, mtime)
-    and, per version folder, every file's (path, size, mtime)."""
+    """A model's files as poll mode compares them: config.toml's and config.pbtxt's
+    (size, mtime), None when absent, and, per version folder, every file's (path, size, mtime)."""
 
-    config: tuple[int, int] | None
+    config: tuple[tuple[int, int] | None, ...]
     versions: dict[int, tuple[Any, ...]]
 
 
@@ -464,11 +528,18 @@ class ModelRepository:
 
     def read_config(self, name: str) -> ModelConfig:
         mdir = self.model_dir(name)
-        cfg_path = mdir / "config.toml"
-        if cfg_path.is_symlink():
-            raise ModelLoadError(f"{name}/config.toml: symlinks are not followed in the repository")
-        data = read_toml(cfg_path) if cfg_path.exists() else {}
-        cfg = model_config_from_dict(data, cfg_path)
+        cfg_path, triton_path = mdir / "config.toml", mdir / TRITON_CONFIG
+        for p in (cfg_path, triton_path):
+            if p.is_symlink():
+                raise ModelLoadError(f"{name}/{p.name}: symlinks are not followed in the repository")
+        if triton_path.exists():
+            if cfg_path.exists():
+                raise ModelLoadError(
+                    f"{name}: has both config.toml and {TRITON_CONFIG}; remove one (they could disagree)"
+                )
+            cfg, cfg_path = read_triton_config(triton_path, name), triton_path
+        else:
+            cfg = model_config_from_dict(read_toml(cfg_path) if cfg_path.exists() else {}, cfg_path)
         if cfg.name and cfg.name != name:
             raise ModelLoadError(f"{cfg_path}: name {cfg.name!r} does not match folder {name!r}")
         if cfg.allow_pickle and not self.config.repository.allow_pickle:
@@ -504,7 +575,7 @@ class ModelRepository:
             st = p.stat()
             return st.st_size, st.st_mtime_ns
 
-        cfg = mdir / "config.toml"
+        configs = (mdir / "config.toml", mdir / TRITON_CONFIG)
         versions: dict[int, tuple[Any, ...]] = {}
         for v in self.versions_on_disk(name):
             vdir = mdir / str(v)
@@ -515,7 +586,7 @@ class ModelRepository:
                     with contextlib.suppress(OSError):  # a file removed while we look
                         files.append((str(p.relative_to(vdir)), *stat(p)))
             versions[v] = tuple(sorted(files))
-        return Fingerprint(stat(cfg) if cfg.is_file() else None, versions)
+        return Fingerprint(tuple(stat(c) if c.is_file() else None for c in configs), versions)
 
     def _polled(self) -> list[str]:
         patterns = ("*",) if self.config.repository.control_mode == "none" else self.config.repository.startup_models
@@ -621,7 +692,7 @@ class ModelRepository:
         try:
             fingerprint = self.fingerprint(name)
         except (OSError, DlinferError):
-            fingerprint = Fingerprint(None, {})
+            fingerprint = Fingerprint((), {})
         loaded, statuses = self._load_versions(name, fingerprint, keep)
         return loaded, statuses, fingerprint
 
@@ -662,6 +733,7 @@ class ModelRepository:
         mdir = self.model_dir(name)
         path = safe_child(self.root, mdir, str(version))
         check_tree(self.root, path)
+        labels = read_labels(cfg, mdir)
         if cfg.format == ENSEMBLE or (cfg.ensemble is not None and not cfg.format):
             return self._load_ensemble(name, version, cfg)
         if cfg.ensemble is not None:
@@ -673,7 +745,7 @@ class ModelRepository:
         try:
             warm_up(runner, cfg, mdir, f"model {name} version {version}")
             optimized = [{**step, "reason": self.client_text(step["reason"])} for step in result.report()]
-            return ServedModel(name, version, cfg, runner, self.plugins, platform, optimized=optimized)
+            return ServedModel(name, version, cfg, runner, self.plugins, platform, optimized=optimized, labels=labels)
         except BaseException:
             runner.close()
             raise

@@ -53,7 +53,15 @@ METHODS = (
     "RepositoryModelUnload",
     "LogSettings",
 )
-EXTENSIONS = ["logging", "model_repository", "model_configuration", "statistics", "binary_tensor_data", "parameters"]
+EXTENSIONS = [
+    "logging",
+    "model_repository",
+    "model_configuration",
+    "statistics",
+    "binary_tensor_data",
+    "classification",
+    "parameters",
+]
 
 #: The ``InferTensorContents`` field each datatype travels in (FP16: raw only).
 CONTENTS_FIELD = {

@@ -26,6 +26,7 @@ EXTENSIONS = [
     "model_configuration",
     "statistics",
     "binary_tensor_data",
+    "classification",
     "parameters",
     "plugins",
 ]

@@ -1,0 +1,1 @@
+"""Triton compatibility: serve a Triton model repository (``config.pbtxt``) as it is."""
