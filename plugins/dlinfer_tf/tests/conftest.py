@@ -12,6 +12,8 @@ Models (in a repository under a session temp folder):
 - ``bad_signature``: ``multi`` configured with a signature it lacks (fails to load).
 - ``tf1_batched``: ``tf1`` with dynamic batching (4 rows, long queue delay).
 - ``linear``: an ONNX model (dlinfer-onnx), to show the TF-Serving API serves any backend.
+- ``triton_multi``: version 1 of ``multi`` as a Triton repository has it: ``config.pbtxt`` and
+  ``1/model.savedmodel/``.
 """
 
 from __future__ import annotations
@@ -118,6 +120,8 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "max_batch_size = 4\n[dynamic_batching]\npreferred_batch_size = [4]\nmax_queue_delay_us = 2000000\n"
     )
     write_model(repo, "linear", files={"model.onnx": onnx_linear_model()})
+    shutil.copytree(repo / "multi" / "1", repo / "triton_multi" / "1" / "model.savedmodel")
+    (repo / "triton_multi" / "config.pbtxt").write_text('platform: "tensorflow_savedmodel"\nmax_batch_size: 8\n')
     return repo
 
 

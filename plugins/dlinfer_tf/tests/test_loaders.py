@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import requests
 
@@ -60,6 +61,28 @@ def test_missing_signature_is_reported_and_others_serve(node):
     assert bad and bad[0]["state"] == "UNAVAILABLE"
     assert "no signature 'nope'" in bad[0]["reason"] and "serving_default" in bad[0]["reason"]
     assert all(row["state"] == "READY" for row in index if row["name"] != "bad_signature")
+
+
+def test_triton_layout(node, repository, reference, call_tf):
+    """A Triton repository's SavedModel (config.pbtxt, 1/model.savedmodel/) serves unchanged."""
+    assert SavedModelLoader.detect(repository / "triton_multi" / "1") == "savedmodel"
+    meta = _metadata(node, "triton_multi")
+    assert meta["platform"] == "tensorflow_savedmodel" and {t["name"] for t in meta["inputs"]} == {"x", "y", "label"}
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    y = np.ones((2, 3), np.float32)
+    body = {
+        "inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [2, 4], "data": x.ravel().tolist()},
+            {"name": "y", "datatype": "FP32", "shape": [2, 3], "data": y.ravel().tolist()},
+            {"name": "label", "datatype": "BYTES", "shape": [2], "data": ["a", "b"]},
+        ],
+        "outputs": [{"name": "z"}],
+    }
+    r = requests.post(f"{node.url}/v2/models/triton_multi/infer", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    z = np.array(r.json()["outputs"][0]["data"], np.float32).reshape(2, 3)
+    expected = call_tf(reference["multi"], x=x, y=y, label=np.array([b"a", b"b"]))["z"]
+    np.testing.assert_allclose(z, expected, rtol=1e-5)
 
 
 def test_detect(repository):

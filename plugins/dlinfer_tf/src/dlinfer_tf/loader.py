@@ -6,6 +6,8 @@ Model config ``[parameters]`` understood here:
   over TF-Serving (default ``serving_default``); the others stay callable by
   name through the TF-Serving frontend.
 - ``tags`` (SavedModel): the MetaGraph tags to load (default ``["serve"]``).
+- ``filename`` (SavedModel): a SavedModel folder inside the version folder (default: the
+  version folder itself, else ``model.savedmodel``, where a Triton repository has it).
 - ``filename`` (Keras): the ``.keras`` file in the version folder (default:
   ``model.keras``, else the only ``.keras`` file).
 
@@ -139,6 +141,27 @@ def _function_signature(tf: Any, name: str, fn: Any, definition: Any) -> Signatu
     return Signature(name, method or PREDICT, inputs, outputs, call, function, definition)
 
 
+#: Where a Triton model repository keeps a version's SavedModel.
+TRITON_FOLDER = "model.savedmodel"
+
+
+def savedmodel_folder(path: Path, config: ModelConfig) -> Path:
+    """The SavedModel of a version folder: ``parameters.filename`` in it, the folder itself, or
+    its ``model.savedmodel`` (Triton's layout)."""
+    name = config.parameters.get("filename")
+    if name is not None:
+        if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
+            raise ModelLoadError(f"parameters.filename must be a plain folder name, got {name!r}")
+        candidates = [path / name]
+    else:
+        candidates = [path, path / TRITON_FOLDER]
+    for folder in candidates:
+        if (folder / "saved_model.pb").is_file():
+            return folder
+    where = f"{path.name}/{name}" if name is not None else f"version folder {path.name!r}"
+    raise ModelLoadError(f"{where} has no saved_model.pb")
+
+
 class SavedModelLoader(Loader):
     """SavedModel folders (``saved_model.pb`` + ``variables/``), TF2 and TF1."""
 
@@ -147,13 +170,13 @@ class SavedModelLoader(Loader):
 
     @classmethod
     def detect(cls, path: Path) -> str | None:
-        return "savedmodel" if (path / "saved_model.pb").is_file() else None
+        found = (path / "saved_model.pb").is_file() or (path / TRITON_FOLDER / "saved_model.pb").is_file()
+        return "savedmodel" if found else None
 
     def load(self, config: ModelConfig, path: Path) -> Runner:
         selected = _parameter(config, "signature_name", DEFAULT_SIGNATURE, str, "a string")
         tags = _parameter(config, "tags", ["serve"], list, "an array of strings")
-        if not (path / "saved_model.pb").is_file():
-            raise ModelLoadError(f"version folder {path.name!r} has no saved_model.pb")
+        path = savedmodel_folder(path, config)
         tf = import_tensorflow(self.threads(config), self.node_config.threads.inter_op)
         definitions = read_signature_defs(path, tags)
         try:
