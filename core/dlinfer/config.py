@@ -69,6 +69,13 @@ class ServerConfig:
         "On glibc, keep freed request buffers for reuse (mmap threshold 64 MiB, trim threshold 256 MiB) "
         "instead of returning them to the OS: large tensors otherwise page-fault fresh memory on every request.",
     )
+    shared_memory: bool = setting(
+        False,
+        "Offer the system shared memory extension (`/v2/systemsharedmemory`, gRPC `SystemSharedMemory*`): "
+        "clients pass tensors through POSIX shared memory objects in `/dev/shm`. Off by default: a client "
+        "that reaches the ports could make the server read and overwrite any shared memory object the "
+        "server's user can open; turn it on only where every client is trusted and local.",
+    )
 
 
 @attrs.frozen
@@ -169,6 +176,11 @@ class LimitsConfig:
         "oldest one without a request in progress (idle, or still sending headers), or gets 503 if every "
         "connection has one. Lowered at start to what the open-file limit allows.",
         validator=in_range(1, 1 << 20),
+    )
+    max_shared_memory_regions: int = setting(
+        64,
+        "System shared memory regions registered at once (each holds a mapping); one more is refused.",
+        validator=in_range(1, 1 << 16),
     )
 
 

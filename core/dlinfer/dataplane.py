@@ -22,6 +22,7 @@ from .datatypes import element_count
 from .errors import InvalidInput, ModelNotFound, ModelNotReady, Unauthenticated
 from .inference import InferenceRequest, InferenceResponse
 from .repository import ModelRepository, ServedModel, check_name
+from .shared_memory import SharedMemoryRegions
 
 
 def version_arg(version: str | int | None) -> str | None:
@@ -107,14 +108,19 @@ class Lease:
     ) -> InferenceResponse:
         """Check the node's limits, then run ``request`` on the leased model (or on ``model``,
         another view of the same runner such as a TF signature) within the earlier of the
-        request's ``timeout`` parameter and the transport's ``deadline_s``."""
+        request's ``timeout`` parameter and the transport's ``deadline_s``. Inputs and outputs
+        in system shared memory are read from and written to their regions here."""
         check_limits(request, self.plane.config)
         limit = timeout_s(request)
         if deadline_s is not None:
             limit = deadline_s if limit is None else min(limit, deadline_s)
+        regions = self.plane.shared_memory.resolve(request) if request.shared_memory else None
         self._submitted()
         target = model if model is not None else self.model
-        return await target.infer(request, timeout_s=limit, held=target is self.model)
+        response = await target.infer(request, timeout_s=limit, held=target is self.model)
+        if regions:
+            self.plane.shared_memory.write(response, regions)
+        return response
 
 
 @attrs.define
@@ -133,6 +139,15 @@ class DataPlane:
     forwarding: bool = False
     #: Extra readiness conditions added by plugins (e.g. a gateway: some node is healthy).
     checks: list[Callable[[], bool]] = attrs.field(factory=list)
+    #: Registered system shared memory regions (``server.shared_memory``).
+    shared_memory: SharedMemoryRegions = attrs.field(
+        default=attrs.Factory(
+            lambda self: SharedMemoryRegions(
+                self.config.server.shared_memory, self.config.limits.max_shared_memory_regions
+            ),
+            takes_self=True,
+        )
+    )
 
     @property
     def config(self) -> NodeConfig:

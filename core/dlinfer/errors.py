@@ -123,3 +123,11 @@ class InferenceError(DlinferError):
 
     http_status = 500
     grpc_code = "INTERNAL"
+
+
+class Unsupported(InvalidInput):
+    """The request asks for a protocol feature this server does not offer or has turned off
+    (CUDA shared memory; system shared memory while ``server.shared_memory`` is false)."""
+
+    http_status = 400
+    grpc_code = "UNIMPLEMENTED"

@@ -35,6 +35,9 @@ class InferenceRequest:
     id: str | None = None
     outputs: list[RequestedOutput] = attrs.field(factory=list)
     parameters: dict[str, Any] = attrs.field(factory=dict)
+    #: Set by codecs when an input or requested output names a shared memory region
+    #: (``dlinfer.shared_memory``): the data plane then reads and writes the regions.
+    shared_memory: bool = False
 
     def input_arrays(self) -> dict[str, np.ndarray]:
         return {i.name: i.data for i in self.inputs}

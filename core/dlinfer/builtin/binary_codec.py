@@ -28,6 +28,7 @@ from ..datatypes import check_shape, numpy_dtype
 from ..errors import InvalidInput
 from ..inference import InferenceRequest, InferenceResponse
 from ..plugins import hookimpl
+from ..shared_memory import names_region
 from .json_codec import JsonCodec, decode_request, encode_response, json_data
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -155,7 +156,9 @@ def encode(response: InferenceResponse, request: InferenceRequest) -> tuple[byte
     for o in response.outputs:
         doc: dict[str, Any] = {"name": o.name, "datatype": o.datatype, "shape": list(o.shape)}
         params = dict(o.parameters)
-        if o.name in binary:
+        if names_region(params):  # written to shared memory: neither data nor bytes here
+            pass
+        elif o.name in binary:
             raw = tensor_to_bytes(o.data, o.datatype)
             params["binary_data_size"] = len(raw)
             chunks.append(raw)

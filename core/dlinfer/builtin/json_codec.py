@@ -28,9 +28,11 @@ from ..inference import (
     InferenceRequest,
     InferenceResponse,
     InferInput,
+    InferOutput,
     RequestedOutput,
 )
 from ..plugins import hookimpl
+from ..shared_memory import names_region, placeholder
 
 _INT_KINDS = "iu"
 _ORJSON_NATIVE = {"b", "i", "u", "f"}
@@ -196,6 +198,7 @@ def decode_request(body: bytes, tensor_source: TensorSource | None = None) -> In
     if not raw_inputs:
         raise InvalidInput("request: 'inputs' is empty")
     inputs = []
+    shared = False
     for i, item in enumerate(raw_inputs):
         where = f"inputs[{i}]"
         if not isinstance(item, dict):
@@ -204,7 +207,12 @@ def decode_request(body: bytes, tensor_source: TensorSource | None = None) -> In
         datatype = _require(item, "datatype", str, where)
         shape = _require(item, "shape", list, where)
         params = _parameters(item, where)
-        data = tensor_source(name, datatype, shape, params) if tensor_source else None
+        data: np.ndarray | None
+        if names_region(params):  # read from its region by the data plane
+            data = placeholder(name, params, "data" in item or "binary_data_size" in params)
+            shared = True
+        else:
+            data = tensor_source(name, datatype, shape, params) if tensor_source else None
         if data is None:
             if "data" not in item:
                 raise InvalidInput(f"input {name!r}: missing 'data'")
@@ -218,11 +226,13 @@ def decode_request(body: bytes, tensor_source: TensorSource | None = None) -> In
         where = f"outputs[{i}]"
         if not isinstance(item, dict):
             raise InvalidInput(f"{where}: must be an object")
-        outputs.append(RequestedOutput(_require(item, "name", str, where), _parameters(item, where)))
+        params = _parameters(item, where)
+        shared = shared or names_region(params)
+        outputs.append(RequestedOutput(_require(item, "name", str, where), params))
     req_id = doc.get("id")
     if req_id is not None and not isinstance(req_id, str):
         raise InvalidInput("request: 'id' must be a string")
-    return InferenceRequest(inputs, req_id, outputs, _parameters(doc, "request"))
+    return InferenceRequest(inputs, req_id, outputs, _parameters(doc, "request"), shared)
 
 
 def json_floats(arr: np.ndarray) -> Any:
@@ -259,21 +269,21 @@ def _text(v: Any) -> str:
     return str(v)
 
 
+def _output_doc(o: InferOutput) -> dict[str, Any]:
+    doc: dict[str, Any] = {"name": o.name, "datatype": o.datatype or v2_datatype(o.data.dtype), "shape": list(o.shape)}
+    if not names_region(o.parameters):  # an output written to shared memory has no data here
+        doc["data"] = json_data(o.data)
+    if o.parameters:
+        doc["parameters"] = o.parameters
+    return doc
+
+
 def encode_response(resp: InferenceResponse) -> bytes:
     """Serialize a V2 JSON inference response."""
     doc: dict[str, Any] = {
         "model_name": resp.model_name,
         "model_version": resp.model_version,
-        "outputs": [
-            {
-                "name": o.name,
-                "datatype": o.datatype or v2_datatype(o.data.dtype),
-                "shape": list(o.shape),
-                "data": json_data(o.data),
-                **({"parameters": o.parameters} if o.parameters else {}),
-            }
-            for o in resp.outputs
-        ],
+        "outputs": [_output_doc(o) for o in resp.outputs],
     }
     if resp.id is not None:
         doc["id"] = resp.id

@@ -147,6 +147,7 @@ def create_app(config: NodeConfig, plugins: Plugins | None = None) -> web.Applic
         app[STATE].draining = True
         await stop_grpc(grpc_server, config.server.drain_timeout_s)
         await repository.close()
+        app[STATE].shared_memory.close()
         await _await_all(plugins.hook.dlinfer_shutdown(app=app))
 
     app.cleanup_ctx.append(lifecycle)

@@ -24,10 +24,11 @@ from ..builtin.binary_codec import tensor_from_bytes, tensor_to_bytes
 from ..config import NodeConfig
 from ..dataplane import check_control, check_token
 from ..datatypes import check_shape, numpy_dtype
-from ..errors import DlinferError, InvalidInput, ModelNotFound, ModelNotReady
+from ..errors import DlinferError, InvalidInput, ModelNotFound, ModelNotReady, Unsupported
 from ..inference import InferenceRequest, InferenceResponse, InferInput, RequestedOutput
 from ..plugins import hookimpl
 from ..repository import ModelRepository, ServedModel
+from ..shared_memory import CUDA_UNSUPPORTED, names_region, placeholder
 from . import log_settings
 from .model_config import extension_config
 from .proto import inference_pb2 as pb
@@ -48,6 +49,9 @@ METHODS = (
     "ModelConfig",
     "ModelStatistics",
     "ModelInfer",
+    "SystemSharedMemoryStatus",
+    "SystemSharedMemoryRegister",
+    "SystemSharedMemoryUnregister",
     "RepositoryIndex",
     "RepositoryModelLoad",
     "RepositoryModelUnload",
@@ -62,6 +66,9 @@ EXTENSIONS = [
     "classification",
     "parameters",
 ]
+
+#: Triton's CUDA shared memory methods, answered UNIMPLEMENTED (no GPU memory regions here).
+CUDA_SHARED_MEMORY_METHODS = ("CudaSharedMemoryStatus", "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister")
 
 #: The ``InferTensorContents`` field each datatype travels in (FP16: raw only).
 CONTENTS_FIELD = {
@@ -137,22 +144,34 @@ def decode_infer_request(msg: Any, config: NodeConfig) -> InferenceRequest:
     if not msg.inputs:
         raise InvalidInput("request has no inputs")
     raw = msg.raw_input_contents
-    if raw and len(raw) != len(msg.inputs):
-        raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {len(msg.inputs)} inputs; need one each")
+    every_raw = len(raw) == len(msg.inputs)
+    if raw and not every_raw:
+        # Inputs in shared memory have no entry (tritonclient sends none for them).
+        carried = sum(1 for t in msg.inputs if not names_region(t.parameters))
+        if len(raw) != carried:
+            raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {carried} inputs; need one each")
     limit = config.limits.max_tensor_elements
     inputs = []
-    for i, t in enumerate(msg.inputs):
+    shared = False
+    entry = 0
+    for t in msg.inputs:
         shape = list(t.shape)
         check_shape(t.name, shape, limit)
-        if raw:
+        params = parameters_from_proto(t.parameters)
+        if names_region(params):  # read from its region by the data plane
+            data = placeholder(t.name, params, t.HasField("contents") or (bool(raw) and every_raw))
+            shared = True
+        elif raw:
             if t.HasField("contents"):
                 raise InvalidInput(f"input {t.name!r}: give its data in contents or raw_input_contents, not both")
-            data = tensor_from_bytes(t.name, t.datatype, shape, raw[i])
+            data = tensor_from_bytes(t.name, t.datatype, shape, raw[entry])
+            entry += 1
         else:
             data = tensor_from_contents(t.name, t.datatype, shape, t.contents)
-        inputs.append(InferInput(t.name, t.datatype, tuple(shape), data, parameters_from_proto(t.parameters)))
+        inputs.append(InferInput(t.name, t.datatype, tuple(shape), data, params))
     outputs = [RequestedOutput(o.name, parameters_from_proto(o.parameters)) for o in msg.outputs]
-    return InferenceRequest(inputs, msg.id or None, outputs, parameters_from_proto(msg.parameters))
+    shared = shared or any(names_region(o.parameters) for o in outputs)
+    return InferenceRequest(inputs, msg.id or None, outputs, parameters_from_proto(msg.parameters), shared)
 
 
 def encode_infer_response(resp: InferenceResponse) -> Any:
@@ -162,7 +181,10 @@ def encode_infer_response(resp: InferenceResponse) -> Any:
     for o in resp.outputs:
         t = msg.outputs.add(name=o.name, datatype=o.datatype, shape=list(o.shape))
         parameters_to_proto(o.parameters, t.parameters)
-        msg.raw_output_contents.append(bytes(tensor_to_bytes(o.data, o.datatype)))
+        if names_region(o.parameters):  # written to shared memory: an empty entry keeps the others in step
+            msg.raw_output_contents.append(b"")
+        else:
+            msg.raw_output_contents.append(bytes(tensor_to_bytes(o.data, o.datatype)))
     return msg
 
 
@@ -238,7 +260,8 @@ class V2Servicer:
 
     @_rpc(pb.ServerMetadataRequest)
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
-        return pb.ServerMetadataResponse(name=self.config.server.name, version=__version__, extensions=EXTENSIONS)
+        extensions = [*EXTENSIONS, "system_shared_memory"] if self.state.shared_memory.enabled else EXTENSIONS
+        return pb.ServerMetadataResponse(name=self.config.server.name, version=__version__, extensions=extensions)
 
     @_rpc(pb.ModelMetadataRequest)
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
@@ -377,6 +400,8 @@ class V2Servicer:
         handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
             self.ModelStreamInfer, response_serializer=lambda msg: msg.SerializeToString()
         )
+        for name in CUDA_SHARED_MEMORY_METHODS:
+            handlers[name] = grpc.unary_unary_rpc_method_handler(self.CudaSharedMemory)
         return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
 

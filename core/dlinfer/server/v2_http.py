@@ -10,10 +10,12 @@ import orjson
 from aiohttp import StreamReader, web
 
 from .. import __version__
+from ..builtin.json_codec import load_object
 from ..dataplane import check_token
-from ..errors import InvalidInput, ModelNotReady, PayloadTooLarge, RequestTimeout
+from ..errors import InvalidInput, ModelNotReady, PayloadTooLarge, RequestTimeout, Unsupported
 from ..plugins import hookimpl
 from ..repository import ModelRepository, ServedModel
+from ..shared_memory import CUDA_UNSUPPORTED
 from . import log_settings
 from .app import CONFIG, PLUGINS, STATE
 from .content_encoding import content_encoding, encode_response, read_decoded
@@ -44,7 +46,8 @@ routes = web.RouteTableDef()
 
 @server_routes.get("/v2")
 async def server_metadata(request: web.Request) -> web.Response:
-    return json_response({"name": request.app[CONFIG].server.name, "version": __version__, "extensions": EXTENSIONS})
+    extensions = [*EXTENSIONS, "system_shared_memory"] if request.app[STATE].shared_memory.enabled else EXTENSIONS
+    return json_response({"name": request.app[CONFIG].server.name, "version": __version__, "extensions": extensions})
 
 
 @server_routes.get("/v2/health/live")
@@ -172,6 +175,40 @@ async def infer(request: web.Request) -> web.Response:
         headers = dict(headers)
         payload = await encode_response(payload, headers, request.headers.get("Accept-Encoding", ""))
     return web.Response(body=payload, headers=headers)
+
+
+@routes.get("/v2/systemsharedmemory/status")
+@routes.get("/v2/systemsharedmemory/region/{name}/status")
+async def shared_memory_status(request: web.Request) -> web.Response:
+    """The system shared memory extension: every registered region, or one (a list either way)."""
+    return json_response(request.app[STATE].shared_memory.status(request.match_info.get("name", "")))
+
+
+@routes.post("/v2/systemsharedmemory/region/{name}/register")
+async def shared_memory_register(request: web.Request) -> web.Response:
+    """Register ``{"key", "offset", "byte_size"}`` of a POSIX shared memory object under the name."""
+    regions = request.app[STATE].shared_memory
+    regions.check_enabled()  # before the body: a node without the extension says so first
+    doc = load_object(await read_body(request))
+    regions.register(request.match_info["name"], doc.get("key"), doc.get("offset", 0), doc.get("byte_size"))
+    return json_response({})
+
+
+@routes.post("/v2/systemsharedmemory/unregister")
+@routes.post("/v2/systemsharedmemory/region/{name}/unregister")
+async def shared_memory_unregister(request: web.Request) -> web.Response:
+    request.app[STATE].shared_memory.unregister(request.match_info.get("name", ""))
+    return json_response({})
+
+
+@routes.get("/v2/cudasharedmemory/status")
+@routes.get("/v2/cudasharedmemory/region/{name}/status")
+@routes.post("/v2/cudasharedmemory/region/{name}/register")
+@routes.post("/v2/cudasharedmemory/unregister")
+@routes.post("/v2/cudasharedmemory/region/{name}/unregister")
+async def cuda_shared_memory(request: web.Request) -> web.Response:
+    """Triton's CUDA shared memory endpoints: a clear refusal rather than a 404."""
+    raise Unsupported(CUDA_UNSUPPORTED)
 
 
 async def index_ready_only(request: web.Request) -> bool:

@@ -421,3 +421,93 @@ def describe(spec: dict[str, Any], app: web.Application) -> None:
             {"200": json_response("the plugins", {"type": "array", "items": ref("PluginInfo")})},
         )
     }
+    _describe_shared_memory(spec)
+
+
+_REGION = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+
+SHARED_MEMORY_SCHEMAS: dict[str, Any] = {
+    "SharedMemoryRegion": {
+        "type": "object",
+        "required": ["name", "key", "offset", "byte_size"],
+        "properties": {
+            "name": {"type": "string"},
+            "key": {"type": "string", "description": "the POSIX shared memory object, `/name`"},
+            "offset": {"type": "integer", "minimum": 0},
+            "byte_size": {"type": "integer", "minimum": 1},
+        },
+    },
+    "SharedMemoryRegisterRequest": {
+        "type": "object",
+        "required": ["key", "byte_size"],
+        "properties": {
+            "key": {"type": "string", "description": "the POSIX shared memory object, `/name`"},
+            "offset": {"type": "integer", "minimum": 0, "default": 0},
+            "byte_size": {"type": "integer", "minimum": 1},
+        },
+    },
+}
+
+
+def _describe_shared_memory(spec: dict[str, Any]) -> None:
+    """The system shared memory extension, and the CUDA one this server refuses."""
+    spec["components"]["schemas"].update(SHARED_MEMORY_SCHEMAS)
+    paths = spec["paths"]
+    off = "the extension is off (`server.shared_memory = false`)"
+    status = _op(
+        "sharedMemoryStatus",
+        "Registered system shared memory regions",
+        "shared memory",
+        {
+            "200": json_response("the regions", {"type": "array", "items": ref("SharedMemoryRegion")}),
+            "400": error_response(f"{off}, or the region is not registered"),
+        },
+    )
+    paths["/v2/systemsharedmemory/status"] = {"get": status}
+    paths["/v2/systemsharedmemory/region/{name}/status"] = {
+        "get": {**status, "operationId": "sharedMemoryRegionStatus", "parameters": [_REGION]}
+    }
+    paths["/v2/systemsharedmemory/region/{name}/register"] = {
+        "post": _op(
+            "sharedMemoryRegister",
+            "Register a region of a POSIX shared memory object",
+            "shared memory",
+            {
+                "200": json_response("registered", {"type": "object"}),
+                "400": error_response(
+                    f"{off}, the name is taken, the region limit is reached, the object cannot be opened, "
+                    "or offset + byte_size is beyond its end"
+                ),
+            },
+            parameters=[_REGION],
+            requestBody={"required": True, "content": json_content(ref("SharedMemoryRegisterRequest"))},
+        )
+    }
+    unregister = _op(
+        "sharedMemoryUnregister",
+        "Unregister every region (an unknown name is no error)",
+        "shared memory",
+        {"200": json_response("unregistered", {"type": "object"}), "400": error_response(off)},
+    )
+    paths["/v2/systemsharedmemory/unregister"] = {"post": unregister}
+    paths["/v2/systemsharedmemory/region/{name}/unregister"] = {
+        "post": {
+            **unregister,
+            "operationId": "sharedMemoryRegionUnregister",
+            "summary": "Unregister a region (an unknown name is no error)",
+            "parameters": [_REGION],
+        }
+    }
+    refused = {"400": error_response("CUDA shared memory is not supported on this server")}
+    for suffix, method in (
+        ("status", "get"),
+        ("region/{name}/status", "get"),
+        ("region/{name}/register", "post"),
+        ("unregister", "post"),
+        ("region/{name}/unregister", "post"),
+    ):
+        op_id = "cudaSharedMemory" + "".join(w.title() for w in suffix.replace("{name}", "").split("/") if w)
+        op = _op(op_id, "CUDA shared memory: not supported", "shared memory", refused)
+        if "{name}" in suffix:
+            op["parameters"] = [_REGION]
+        paths[f"/v2/cudasharedmemory/{suffix}"] = {method: op}
