@@ -128,6 +128,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
     (root / "linear" / "labels.txt").write_text("\n".join(LABELS) + "\n")
     write_triton_model(root, "reshaped", RESHAPED, {"model.onnx": onnx_identity_model("FP32", [1, 3, 2, 2])})
     write_triton_model(root, "renamed", RENAMED, {"net.onnx": onnx_linear_model(seed=5)})
+    write_triton_model(root, "minimal", 'platform: "onnxruntime_onnx"\n', {"model.onnx": onnx_linear_model(seed=5)})
     for name, (pbtxt, _why) in REFUSED.items():
         write_triton_model(root, name, pbtxt, {"model.onnx": onnx_linear_model()})
     write_triton_model(root, "both", 'platform: "onnxruntime_onnx"', {"model.onnx": onnx_linear_model()})
@@ -198,6 +199,9 @@ def test_mapped_settings(node: RunningNode) -> None:
     assert cfg.version_policy.specific == (1, 3)
     assert cfg.output[0].labels_file == "labels.txt" and model.labels == {"probs": LABELS}
     assert type(model.scheduler).__name__ == "DynamicBatcher"
+    # Without max_batch_size the model's own dynamic first dimension decides, as Triton completes it.
+    minimal = node.app[REPOSITORY].get("minimal")
+    assert minimal.config.max_batch_size is None and minimal.max_batch_size == node.config.limits.max_batch_size
     renamed = node.app[REPOSITORY].get("renamed")
     assert renamed.config.parameters == {"filename": "net.onnx"} and renamed.config.version_policy.all
 

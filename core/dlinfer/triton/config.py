@@ -160,7 +160,9 @@ class _Mapper:
             raise self.refuse("response_cache.enable", "the response cache is not supported")
         if m.max_batch_size < 0:
             raise self.refuse("max_batch_size", f"must be 0 or more, got {m.max_batch_size}")
-        data: dict[str, Any] = {"name": self.model, "max_batch_size": m.max_batch_size}
+        data: dict[str, Any] = {"name": self.model}
+        if m.HasField("max_batch_size"):  # absent: detected from the model, as Triton completes it
+            data["max_batch_size"] = m.max_batch_size
         fmt, default_file = self.platform(m)
         if fmt:
             data["format"] = fmt
