@@ -15,7 +15,7 @@ from tritonclient.utils import InferenceServerException
 
 from dlinfer.errors import ModelLoadError
 from dlinfer.server.app import REPOSITORY
-from dlinfer.testing import RunningNode, node_config, onnx_identity_model, onnx_linear_model, write_model
+from dlinfer.testing import RunningNode, node_config, onnx_identity_model, onnx_linear_model, wait_for, write_model
 from dlinfer.triton.config import read_triton_config
 
 LABELS = ["cat", "dog", "bird"]
@@ -377,3 +377,17 @@ def test_sequence_and_ensemble_mapping(tmp_path: Path) -> None:
     state.write_text('backend: "onnxruntime"\nsequence_batching { state [ { input_name: "a", output_name: "b" } ] }')
     with pytest.raises(ModelLoadError, match=r"sequence_batching\.state: implicit sequence state is not supported"):
         read_triton_config(state, "state")
+
+
+def test_poll_mode_reloads_on_config_pbtxt_change(tmp_path: Path) -> None:
+    """Poll mode watches config.pbtxt as it watches config.toml."""
+    root = tmp_path / "models"
+    write_triton_model(
+        root, "linear", 'platform: "onnxruntime_onnx"\nmax_batch_size: 2\n', {"model.onnx": onnx_linear_model()}
+    )
+    config = node_config(root, repository={"control_mode": "poll", "poll_interval_s": 0.1})
+    with RunningNode(config) as n:
+        client = httpclient.InferenceServerClient(n.url.removeprefix("http://"))
+        assert client.get_model_config("linear")["max_batch_size"] == 2
+        (root / "linear" / "config.pbtxt").write_text('platform: "onnxruntime_onnx"\nmax_batch_size: 5\n')
+        wait_for(lambda: client.get_model_config("linear")["max_batch_size"] == 5, "the reload", timeout_s=20)
