@@ -63,6 +63,18 @@ output [ { name: "probs", data_type: TYPE_FP32, dims: [ 3 ] } ]
 version_policy: { all: {} }
 """
 
+# A Triton ensemble over the model above, its version folder empty.
+ENSEMBLE = """
+platform: "ensemble"
+max_batch_size: 8
+input [ { name: "IN", data_type: TYPE_FP32, dims: [ 4 ] } ]
+output [ { name: "OUT", data_type: TYPE_FP32, dims: [ 3 ] } ]
+ensemble_scheduling { step [ {
+  model_name: "linear", model_version: -1,
+  input_map { key: "x" value: "IN" }, output_map { key: "probs" value: "OUT" }
+} ] }
+"""
+
 #: Models whose config.pbtxt dlinfer must refuse, and what the reason must say.
 REFUSED = {
     "optimized": (
@@ -128,6 +140,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
     (root / "linear" / "labels.txt").write_text("\n".join(LABELS) + "\n")
     write_triton_model(root, "reshaped", RESHAPED, {"model.onnx": onnx_identity_model("FP32", [1, 3, 2, 2])})
     write_triton_model(root, "renamed", RENAMED, {"net.onnx": onnx_linear_model(seed=5)})
+    write_triton_model(root, "pipeline", ENSEMBLE, {})
     write_triton_model(root, "minimal", 'platform: "onnxruntime_onnx"\n', {"model.onnx": onnx_linear_model(seed=5)})
     for name, (pbtxt, _why) in REFUSED.items():
         write_triton_model(root, name, pbtxt, {"model.onnx": onnx_linear_model()})
@@ -184,6 +197,14 @@ def test_served_unchanged(http: httpclient.InferenceServerClient) -> None:
     assert http.is_model_ready("renamed")  # backend only, default_model_filename "net.onnx"
     result = http.infer("renamed", [inp])
     np.testing.assert_allclose(result.as_numpy("probs"), _expected(5, x)["probs"], rtol=1e-5)
+
+
+def test_ensemble(http: httpclient.InferenceServerClient) -> None:
+    x = np.random.default_rng(3).standard_normal((2, 4)).astype(np.float32)
+    inp = httpclient.InferInput("IN", [2, 4], "FP32")
+    inp.set_data_from_numpy(x)
+    result = http.infer("pipeline", [inp])
+    np.testing.assert_allclose(result.as_numpy("OUT"), _expected(4, x)["probs"], rtol=1e-5)
 
 
 def test_mapped_settings(node: RunningNode) -> None:
