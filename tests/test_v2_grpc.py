@@ -186,10 +186,13 @@ def test_control_needs_the_token(client: grpcclient.InferenceServerClient) -> No
     assert client.is_model_ready("linear")
 
 
-def test_load_parameters_are_refused(client: grpcclient.InferenceServerClient) -> None:
+def test_bad_load_parameters_are_invalid_argument(client: grpcclient.InferenceServerClient) -> None:
     with pytest.raises(InferenceServerException) as exc:
-        client.load_model("linear", headers={"authorization": f"Bearer {TOKEN}"}, config="{}")
-    assert exc.value.status() == "StatusCode.INVALID_ARGUMENT" and "not supported" in exc.value.message()
+        client.load_model("linear", headers={"authorization": f"Bearer {TOKEN}"}, config="{not json")
+    assert exc.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "not a valid Triton model configuration" in exc.value.message()
+    with pytest.raises(InferenceServerException, match="control token"):
+        client.load_model("linear", config="{}")  # the token is checked before the parameters
 
 
 def test_another_service_shares_the_server(node: RunningNode, client: grpcclient.InferenceServerClient) -> None:

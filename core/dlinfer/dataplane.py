@@ -11,6 +11,7 @@ queue is full, one in-flight count that drain and reload wait for).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,7 @@ from .config import NodeConfig
 from .datatypes import element_count
 from .errors import InvalidInput, ModelNotFound, ModelNotReady, Unauthenticated
 from .inference import InferenceRequest, InferenceResponse
+from .load_override import parse_load_parameters
 from .repository import ModelRepository, ServedModel, check_name
 from .shared_memory import SharedMemoryRegions
 
@@ -211,10 +213,17 @@ class DataPlane:
     def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
         return self.repository.index(ready_only)
 
-    async def load(self, name: str, authorization: str | None) -> None:
+    async def load(
+        self, name: str, authorization: str | None, parameters: dict[str, Any] | None = None, base64_files: bool = True
+    ) -> None:
+        """Load (or reload) a model; ``parameters`` may send its ``config`` and ``file:<path>`` contents
+        (:mod:`dlinfer.load_override`), which replace the repository's until the next plain load."""
         check_control(self.config, authorization)
-        self.repository.model_dir(check_name(name))
-        await self.repository.load(name)
+        check_name(name)
+        override = await asyncio.to_thread(parse_load_parameters, name, parameters or {}, base64_files)
+        if override is None or override.folder is None:
+            self.repository.model_dir(name)
+        await self.repository.load_with(name, override)
 
     async def unload(self, name: str, authorization: str | None) -> None:
         check_control(self.config, authorization)

@@ -42,6 +42,7 @@ from .errors import (
     Unavailable,
 )
 from .inference import InferenceRequest, InferenceResponse, InferOutput
+from .load_override import LoadOverride
 from .model import ModelConfig, Runner, TensorSpec, model_config_from_dict
 from .optimize import optimize_runner
 from .scheduler import DirectScheduler, DynamicBatcher, Scheduler
@@ -507,6 +508,8 @@ class ModelRepository:
         self._fingerprints: dict[str, Fingerprint] = {}
         #: Models unloaded through the control API: polling leaves them unloaded.
         self._held: set[str] = set()
+        #: Configs (and files) a load request put in place of the repository's, by model.
+        self._overrides: dict[str, LoadOverride] = {}
         self._poll_task: asyncio.Task[None] | None = None
 
     # --------------------------------------------------------------- discovery
@@ -521,18 +524,24 @@ class ModelRepository:
 
     def model_dir(self, name: str) -> Path:
         check_name(name)
+        override = self._overrides.get(name)
+        if override is not None and override.folder is not None:
+            return override.folder
         path = self.root / name
         if not path.is_dir():
             raise ModelNotFound(f"model {name!r} is not in the repository")
         return safe_child(self.root, self.root, name)
 
     def read_config(self, name: str) -> ModelConfig:
+        override = self._overrides.get(name)
         mdir = self.model_dir(name)
         cfg_path, triton_path = mdir / "config.toml", mdir / TRITON_CONFIG
         for p in (cfg_path, triton_path):
             if p.is_symlink():
                 raise ModelLoadError(f"{name}/{p.name}: symlinks are not followed in the repository")
-        if triton_path.exists():
+        if override is not None:
+            cfg, cfg_path = override.config, Path(f"<load request for {name}>")
+        elif triton_path.exists():
             if cfg_path.exists():
                 raise ModelLoadError(
                     f"{name}: has both config.toml and {TRITON_CONFIG}; remove one (they could disagree)"
@@ -569,7 +578,8 @@ class ModelRepository:
 
     def fingerprint(self, name: str) -> Fingerprint:
         """Sizes and modification times of a model's config.toml and version folders."""
-        mdir = self.root / name
+        override = self._overrides.get(name)
+        mdir = override.folder if override is not None and override.folder is not None else self.root / name
 
         def stat(p: Path) -> tuple[int, int]:
             st = p.stat()
@@ -731,8 +741,11 @@ class ModelRepository:
 
     def _load_version(self, name: str, version: int, cfg: ModelConfig) -> ServedModel:
         mdir = self.model_dir(name)
-        path = safe_child(self.root, mdir, str(version))
-        check_tree(self.root, path)
+        override = self._overrides.get(name)
+        # Files sent with a load live in a private folder: links must stay inside it instead.
+        root = override.folder.parent if override is not None and override.folder is not None else self.root
+        path = safe_child(root, mdir, str(version))
+        check_tree(root, path)
         labels = read_labels(cfg, mdir)
         if cfg.format == ENSEMBLE or (cfg.ensemble is not None and not cfg.format):
             return self._load_ensemble(name, version, cfg)
@@ -760,6 +773,18 @@ class ModelRepository:
         runner = EnsembleRunner(name, cfg, DataPlane(self), on_disk)
         return ServedModel(name, version, cfg, runner, self.plugins, ENSEMBLE)
 
+    async def load_with(self, name: str, override: LoadOverride | None) -> list[VersionStatus]:
+        """A load from the control API: with ``override`` its config (and files) replace the
+        repository's until the next plain load; without, the repository's are used again."""
+        previous = self._overrides.pop(name, None)
+        if override is not None:
+            self._overrides[name] = override
+        try:
+            return await self.load(name)
+        finally:
+            if previous is not None and previous is not override:
+                previous.discard()
+
     async def unload(self, name: str) -> None:
         """Stop serving a model; in-flight requests finish first, then memory is freed."""
         check_name(name)
@@ -775,6 +800,9 @@ class ModelRepository:
             self._status[name] = [VersionStatus(name, v, UNAVAILABLE, "unloaded") for v in old or {}] or [
                 VersionStatus(name, None, UNAVAILABLE, "unloaded")
             ]
+            override = self._overrides.pop(name, None)
+            if override is not None:
+                override.discard()
 
     async def close(self) -> None:
         if self._poll_task is not None:
@@ -784,6 +812,9 @@ class ModelRepository:
             self._poll_task = None
         for name in list(self._models):
             await self.unload(name)
+        for override in self._overrides.values():
+            override.discard()
+        self._overrides.clear()
 
     # ----------------------------------------------------------------- lookup
 

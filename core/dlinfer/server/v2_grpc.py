@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError, Message
 from .. import __version__
 from ..builtin.binary_codec import tensor_from_bytes, tensor_to_bytes
 from ..config import NodeConfig
-from ..dataplane import check_control, check_token
+from ..dataplane import check_token
 from ..datatypes import check_shape, numpy_dtype
 from ..errors import DlinferError, InvalidInput, ModelNotFound, ModelNotReady, Unsupported
 from ..inference import InferenceRequest, InferenceResponse, InferInput, RequestedOutput
@@ -375,13 +375,9 @@ class V2Servicer:
 
     @_rpc(pb.RepositoryModelLoadRequest)
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
-        if request.parameters:
-            check_control(self.config, _metadata(context, "authorization"))
-            raise InvalidInput(
-                f"load parameters {sorted(request.parameters)} are not supported: "
-                "put the config and files in the model repository"
-            )
-        await self.state.load(request.model_name, _metadata(context, "authorization"))
+        # config (string) and file:<path> (bytes) parameters send the model's configuration and files.
+        parameters = parameters_from_proto(request.parameters)
+        await self.state.load(request.model_name, _metadata(context, "authorization"), parameters, base64_files=False)
         return pb.RepositoryModelLoadResponse()
 
     @_rpc(pb.RepositoryModelUnloadRequest)

@@ -232,8 +232,28 @@ async def repository_index(request: web.Request) -> web.Response:
 
 @routes.post("/v2/repository/models/{model}/load")
 async def repository_load(request: web.Request) -> web.Response:
-    await request.app[STATE].load(request.match_info["model"], request.headers.get("Authorization"))
+    """Load a model; ``{"parameters": {"config": "<JSON>", "file:1/model.onnx": "<base64>"}}``
+    in the body sends its configuration and files, as Triton's model control does."""
+    parameters = await load_parameters(request)
+    await request.app[STATE].load(request.match_info["model"], request.headers.get("Authorization"), parameters)
     return json_response({})
+
+
+async def load_parameters(request: web.Request) -> dict[str, Any]:
+    """The ``parameters`` object of a load request's body (none: an empty or absent body)."""
+    if not request.body_exists:
+        return {}
+    body = await read_body(request)
+    if not body.strip():
+        return {}
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"malformed JSON: {exc}") from None
+    parameters = doc.get("parameters", {}) if isinstance(doc, dict) else None
+    if not isinstance(parameters, dict):
+        raise InvalidInput('expected {"parameters": {"config": "...", "file:<path>": "<base64>"}}')
+    return parameters
 
 
 @routes.post("/v2/repository/models/{model}/unload")

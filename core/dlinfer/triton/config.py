@@ -14,10 +14,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import text_format
+from google.protobuf import json_format, text_format
 from google.protobuf.message import Message
 
-from ..errors import DlinferError, ModelLoadError
+from ..errors import DlinferError, InvalidInput, ModelLoadError
 from ..model import ModelConfig, model_config_from_dict
 from . import model_config_pb2 as pb
 
@@ -106,6 +106,21 @@ def read_triton_config(path: Path, model: str) -> ModelConfig:
         raise
     except DlinferError as exc:
         raise TritonConfigError(str(exc)) from exc
+
+
+def read_triton_config_json(text: str, model: str) -> ModelConfig:
+    """A model configuration sent as JSON (Triton's JSON form of ``config.pbtxt``, as its model
+    control takes it) mapped like a ``config.pbtxt``."""
+    where = Path(f"<load request for {model}>")
+    message = pb.ModelConfig()
+    try:
+        json_format.Parse(text, message)
+    except json_format.ParseError as exc:
+        raise InvalidInput(f"load parameter 'config': not a valid Triton model configuration in JSON: {exc}") from None
+    try:
+        return model_config_from_dict(_Mapper(where, model).config(message), where)
+    except DlinferError as exc:
+        raise InvalidInput(f"load parameter 'config': {exc}") from None
 
 
 class _Mapper:

@@ -13,12 +13,14 @@ client with the node's own details.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
+import orjson
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 from multidict import CIMultiDict
@@ -264,16 +266,25 @@ class GrpcGateway:
         return msg
 
     async def model_load(self, request: Any, context: Any) -> Any:
-        await self._control(context, "load", request.model_name)
+        # Load parameters (config, file:<path>) reach the nodes as the HTTP body they take.
+        parameters = {}
+        for key, value in request.parameters.items():
+            which = value.WhichOneof("parameter_choice")
+            content = getattr(value, which) if which else None
+            parameters[key] = base64.b64encode(content).decode() if isinstance(content, bytes) else content
+        body = orjson.dumps({"parameters": parameters}) if parameters else b""
+        await self._control(context, "load", request.model_name, body)
         return pb.RepositoryModelLoadResponse()
 
     async def model_unload(self, request: Any, context: Any) -> Any:
         await self._control(context, "unload", request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
-    async def _control(self, context: Any, action: str, model: str) -> None:
+    async def _control(self, context: Any, action: str, model: str, body: bytes = b"") -> None:
         headers = {k: v for k, v in context.invocation_metadata() or () if k == "authorization"}
-        status, error = await self.gw.control_nodes(action, check_name(model), headers, b"")
+        if body:
+            headers["Content-Type"] = "application/json"
+        status, error = await self.gw.control_nodes(action, check_name(model), headers, body)
         if status != 200:
             await context.abort(HTTP_TO_GRPC.get(status, grpc.StatusCode.INTERNAL), error)
 
