@@ -107,6 +107,7 @@ REFUSED = {
         'inputs { key: "x" value: { data_type: TYPE_FP32, dims: [4], input_data_file: "raw" } } } ]',
         "model_warmup[0].inputs['x'].input_data_file: warm-up data files are not read",
     ),
+    "python_file": ('backend: "python"\ndefault_model_filename: "main.py"', "dlinfer's python loader reads model.py"),
     "cache": ('platform: "onnxruntime_onnx"\nresponse_cache { enable: true }', "response_cache.enable"),
     "wrong_name": ('name: "other"\nplatform: "onnxruntime_onnx"', "name: 'other' does not match the model's folder"),
     "malformed": ('platform: "onnxruntime_onnx"\nmax_batch_size: [', "not a valid Triton model configuration"),

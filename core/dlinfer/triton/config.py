@@ -41,6 +41,8 @@ BACKENDS = {
     "tensorrt": "tensorrt_plan",
     "python": "python",
 }
+#: Formats whose dlinfer loader reads only Triton's default file name (no ``parameters.filename``).
+FIXED_FILE = ("tensorrt_plan", "python")
 #: Platforms Triton has and dlinfer has no loader for, and what to do instead.
 REFUSED_PLATFORMS = {
     "tensorflow_graphdef": "dlinfer has no loader for frozen TensorFlow GraphDefs; export the model as a SavedModel",
@@ -236,8 +238,8 @@ class _Mapper:
         if fmt == "savedmodel":
             # Triton's SavedModel is a folder inside the version folder, not the version folder itself.
             parameters["filename"] = name or default
-        elif name and fmt == "tensorrt_plan" and name != default:
-            raise self.refuse("default_model_filename", f"dlinfer's TensorRT loader reads {default}, got {name!r}")
+        elif name and fmt in FIXED_FILE and name != default:
+            raise self.refuse("default_model_filename", f"dlinfer's {fmt} loader reads {default}, got {name!r}")
         elif name and name != default:
             parameters["filename"] = name
 
