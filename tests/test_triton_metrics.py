@@ -46,7 +46,9 @@ def test_triton_names_mirror_the_dlinfer_series(tmp_path: Path) -> None:
     assert samples[("nv_inference_compute_infer_duration_us", key)] > 0
     assert samples[("nv_inference_pending_request_count", key)] == 0
     failures = {k[1]: v for k, v in samples.items() if k[0] == "nv_inference_request_failure"}
-    assert failures == {tuple(sorted([*key, ("reason", "OTHER")])): 1.0}  # dlinfer's "invalid"; Triton has no such reason
+    assert failures == {
+        tuple(sorted([*key, ("reason", "OTHER")])): 1.0
+    }  # dlinfer's "invalid"; Triton has no such reason
 
 
 def test_off_by_default(tmp_path: Path) -> None:

@@ -54,6 +54,11 @@ class ServerConfig:
         validator=one_of("auto", "uvloop", "asyncio"),
     )
     tls: TlsConfig = setting(TlsConfig(), "TLS for the HTTP and gRPC ports (off unless `cert_file` is set).")
+    trace_file: str = setting(
+        "",
+        "File the trace extension appends traced requests to (one JSON object per line); tracing is turned "
+        "on at run time (`/v2/trace/setting`), never pointed elsewhere by a request. Empty: no tracing.",
+    )
     compress_responses: bool = setting(
         True,
         "Compress inference responses of 1 KiB or more with gzip or deflate (level 1) when the request's "

@@ -25,6 +25,7 @@ from .inference import InferenceRequest, InferenceResponse
 from .load_override import parse_load_parameters
 from .repository import ModelRepository, ServedModel, check_name
 from .shared_memory import SharedMemoryRegions
+from .tracing import Trace, Tracer, trace_file
 
 
 def version_arg(version: str | int | None) -> str | None:
@@ -89,16 +90,21 @@ class Lease:
         self.plane = plane
         self.model = model
         self._pending = False
+        self.trace: Trace | None = None
 
     def __enter__(self) -> Lease:
         self.model.hold()
         self.model.scheduler.pending += 1
         self._pending = True
+        if self.plane.tracer.active:
+            self.trace = self.plane.tracer.start(self.model.name, self.model.version)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._submitted()
         self.model.release()
+        if self.trace is not None:
+            self.plane.tracer.finish(self.trace)
 
     def _submitted(self) -> None:
         if self._pending:
@@ -117,6 +123,9 @@ class Lease:
         if deadline_s is not None:
             limit = deadline_s if limit is None else min(limit, deadline_s)
         regions = self.plane.shared_memory.resolve(request) if request.shared_memory else None
+        if self.trace is not None:
+            self.trace.request_id = request.id or ""
+            self.trace.mark("QUEUE_START")
         self._submitted()
         target = model if model is not None else self.model
         response = await target.infer(request, timeout_s=limit, held=target is self.model)
@@ -149,6 +158,11 @@ class DataPlane:
             ),
             takes_self=True,
         )
+    )
+
+    #: Per-request timestamps (the trace extension), written to ``server.trace_file``.
+    tracer: Tracer = attrs.field(
+        default=attrs.Factory(lambda self: Tracer(trace_file(self.config)), takes_self=True)
     )
 
     @property

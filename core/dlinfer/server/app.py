@@ -148,6 +148,7 @@ def create_app(config: NodeConfig, plugins: Plugins | None = None) -> web.Applic
         await stop_grpc(grpc_server, config.server.drain_timeout_s)
         await repository.close()
         app[STATE].shared_memory.close()
+        app[STATE].tracer.close()
         await _await_all(plugins.hook.dlinfer_shutdown(app=app))
 
     app.cleanup_ctx.append(lifecycle)

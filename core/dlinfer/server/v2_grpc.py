@@ -56,9 +56,11 @@ METHODS = (
     "RepositoryModelLoad",
     "RepositoryModelUnload",
     "LogSettings",
+    "TraceSetting",
 )
 EXTENSIONS = [
     "logging",
+    "trace",
     "model_repository",
     "model_configuration",
     "statistics",
@@ -321,6 +323,26 @@ class V2Servicer:
             log.exception("unhandled error in ModelStreamInfer")
             message = self.repository.client_text(f"internal error: {type(exc).__name__}: {exc}")
             return pb.ModelStreamInferResponse(error_message=message)
+
+    @_rpc(pb.TraceSettingRequest)
+    async def TraceSetting(self, request: Any, context: Any) -> Any:
+        """The trace extension, node-wide or for ``model_name`` (the control token guards changes)."""
+        model = request.model_name
+        if model:
+            self.repository.model_dir(model)  # an unknown model is NOT_FOUND
+        tracer = self.state.tracer
+        if request.settings:
+            check_token(self.config, _metadata(context, "authorization"), "changing trace settings")
+            changes = {k: list(v.value) or None for k, v in request.settings.items()}
+            settings = tracer.update(
+                {k: v if k == "trace_level" or v is None else v[0] for k, v in changes.items()}, model
+            )
+        else:
+            settings = tracer.settings(model)
+        msg = pb.TraceSettingResponse()
+        for key, value in settings.items():
+            msg.settings[key].value.extend(value if isinstance(value, list) else [value])
+        return msg
 
     @_rpc(pb.LogSettingsRequest)
     async def LogSettings(self, request: Any, context: Any) -> Any:

@@ -24,6 +24,7 @@ from .model_config import extension_config
 
 EXTENSIONS = [
     "logging",
+    "trace",
     "model_repository",
     "model_configuration",
     "statistics",
@@ -260,6 +261,30 @@ async def load_parameters(request: web.Request) -> dict[str, Any]:
 async def repository_unload(request: web.Request) -> web.Response:
     await request.app[STATE].unload(request.match_info["model"], request.headers.get("Authorization"))
     return json_response({})
+
+
+@routes.get("/v2/trace/setting")
+@routes.get("/v2/models/{model}/trace/setting")
+async def get_trace_settings(request: web.Request) -> web.Response:
+    return json_response(request.app[STATE].tracer.settings(_trace_model(request)))
+
+
+@routes.post("/v2/trace/setting")
+@routes.post("/v2/models/{model}/trace/setting")
+async def update_trace_settings(request: web.Request) -> web.Response:
+    """The trace extension: node-wide or one model's settings (the control token, when set, is required)."""
+    check_token(request.app[CONFIG], request.headers.get("Authorization"), "changing trace settings")
+    model = _trace_model(request)
+    doc = load_object(await read_body(request) or b"{}")
+    return json_response(request.app[STATE].tracer.update(doc, model))
+
+
+def _trace_model(request: web.Request) -> str:
+    """The model of a per-model trace setting request ("" for the node's); unknown ones are 404."""
+    name = request.match_info.get("model", "")
+    if name:
+        request.app[STATE].repository.model_dir(name)
+    return name
 
 
 @server_routes.get("/v2/logging")

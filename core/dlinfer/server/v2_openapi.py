@@ -199,6 +199,17 @@ SCHEMAS: dict[str, Any] = {
             "reason": {"type": "string", "description": "why the version is not ready (empty when it is)"},
         },
     },
+    "TraceSettings": {
+        "type": "object",
+        "properties": {
+            "trace_level": {"type": "array", "items": {"type": "string", "enum": ["OFF", "TIMESTAMPS"]}},
+            "trace_rate": {"type": "string", "description": "trace one request in this many"},
+            "trace_count": {"type": "string", "description": "traces left to take; -1: no limit"},
+            "log_frequency": {"type": "string", "description": "write every this many traces; 0: each at once"},
+            "trace_file": {"type": "string", "description": "server.trace_file; cannot be set by a request"},
+            "trace_mode": {"type": "string", "enum": ["triton"]},
+        },
+    },
     "LogSettings": {
         "type": "object",
         "properties": {
@@ -277,6 +288,33 @@ def describe(spec: dict[str, Any], app: web.Application) -> None:
     paths = spec["paths"]
     paths["/v2"] = {
         "get": _op("serverMetadata", "Server metadata", "v2", {"200": json_response("metadata", ref("ServerMetadata"))})
+    }
+    trace_ops = {
+        "get": _op(
+            "getTraceSettings", "Trace settings", "v2", {"200": json_response("the settings", ref("TraceSettings"))}
+        ),
+        "post": _op(
+            "updateTraceSettings",
+            "Change trace settings (a model's: null values go back to the node's)",
+            "v2",
+            {
+                "200": json_response("the settings now", ref("TraceSettings")),
+                "400": error_response("unknown setting, bad value, trace_file, or no server.trace_file"),
+                "401": error_response("the node's control token is missing or wrong"),
+            },
+            requestBody={"required": False, "content": json_content(ref("TraceSettings"))},
+            security=security,
+        ),
+    }
+    paths["/v2/trace/setting"] = trace_ops
+    paths["/v2/models/{model}/trace/setting"] = {
+        method: {
+            **op,
+            "operationId": op["operationId"] + "OfModel",
+            "parameters": [_MODEL],
+            "responses": {**op["responses"], "404": not_found("model")},
+        }
+        for method, op in trace_ops.items()
     }
     paths["/v2/logging"] = {
         "get": _op("getLogSettings", "Log settings", "v2", {"200": json_response("the settings", ref("LogSettings"))}),
