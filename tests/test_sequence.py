@@ -200,3 +200,13 @@ def test_sequence_batching_config_is_validated(tmp_path: Path) -> None:
     with RunningNode(cfg, node_plugins(cfg)) as n:
         index = {m["name"]: m for m in http(n).get_model_repository_index()}
     assert "control input 'NOPE'" in index["wrong"]["reason"]
+
+
+def test_the_sequence_extension_is_announced(node: RunningNode) -> None:
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    http = httpclient.InferenceServerClient(node.url.removeprefix("http://"))
+    assert "sequence" in http.get_server_metadata()["extensions"]
+    grpc_client = grpcclient.InferenceServerClient(f"127.0.0.1:{node.config.server.grpc_port}")
+    assert "sequence" in grpc_client.get_server_metadata(as_json=True)["extensions"]

@@ -66,6 +66,7 @@ EXTENSIONS = [
     "statistics",
     "binary_tensor_data",
     "classification",
+    "sequence",
     "parameters",
 ]
 

@@ -30,6 +30,7 @@ EXTENSIONS = [
     "statistics",
     "binary_tensor_data",
     "classification",
+    "sequence",
     "parameters",
     "plugins",
 ]
