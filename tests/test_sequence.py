@@ -69,6 +69,17 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
             "sequence_batching": {"max_sequence_idle_microseconds": 200_000, "control_input": controls()},
         },
     )
+    write_model(
+        root,
+        "acc_i32",
+        1,
+        ACC,
+        config={
+            "max_batch_size": 4,
+            "parameters": {"corrid_datatype": "INT32"},
+            "sequence_batching": {"control_input": controls("INT32")},
+        },
+    )
     cfg = node_config(root, plugins={"plugins_dir": str(PLUGINS_DIR)})
     with RunningNode(cfg, node_plugins(cfg)) as n:
         yield n
@@ -160,6 +171,16 @@ def test_misuse_is_invalid_argument(node: RunningNode) -> None:
         h.infer("acc", [x, start], sequence_id=4042, sequence_start=True)
     inputs = [t["name"] for t in h.get_model_metadata("acc")["inputs"]]
     assert inputs == ["INPUT"]
+
+
+def test_an_id_out_of_the_corrid_range_is_invalid_argument(node: RunningNode) -> None:
+    """An id the CORRID datatype cannot hold is refused up front, not failed (or wrapped) in the model."""
+    for client in (http(node), grpc(node)):
+        with pytest.raises(InferenceServerException, match="does not fit CORRID's INT32") as err:
+            step(client, "acc_i32", 1, sequence_id=2**40, sequence_start=True)
+        assert err.value.status() in ("400", "StatusCode.INVALID_ARGUMENT")
+    out = step(http(node), "acc_i32", 3, sequence_id=2**31 - 1, sequence_start=True, sequence_end=True)
+    assert out["CORRID_OUT"].tolist() == [[2**31 - 1]]
 
 
 def test_an_idle_sequence_is_released_and_its_slot_reused(node: RunningNode) -> None:

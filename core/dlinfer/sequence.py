@@ -206,6 +206,13 @@ class SequenceBatcher(_Admission):
                     f"model {self.model!r} takes the sequence id as {control.data_type} (input {control.name!r}): "
                     f"sequence_id must be an integer, got {sid!r}"
                 )
+            if control.kind == SEQUENCE_CORRID and isinstance(sid, int) and control.data_type != "BYTES":
+                bounds = np.iinfo(V2_TO_NUMPY[control.data_type])
+                if not bounds.min <= sid <= bounds.max:  # else it fails its whole batch in the model call
+                    raise InvalidInput(
+                        f"sequence_id {sid} does not fit CORRID's {control.data_type} (input {control.name!r}) "
+                        f"of model {self.model!r}: at most {bounds.max}"
+                    )
 
     def _place(self, seq: _Sequence) -> None:
         """Give ``seq`` a free slot on the least loaded instance, or queue it for one (under the condition)."""
