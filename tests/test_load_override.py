@@ -95,12 +95,17 @@ def test_a_config_override_then_a_plain_load_restores_the_repository_config(node
         ({"config": "{not json"}, "not a valid Triton model configuration"),
         ({"config": json.dumps({**CONFIG, "optimization": {"priority": "PRIORITY_MAX"}})}, "optimization"),
         ({"colour": "red"}, "not supported"),
+        # Paths that cannot all be files of one folder: a client error, not a server failure.
+        ({"config": json.dumps(CONFIG), "file:1": "AAAA", "file:1/model.onnx": "AAAA"}, "cannot be written"),
+        ({"config": json.dumps(CONFIG), "file:.": "AAAA"}, "relative to the model's folder"),
+        ({"config": json.dumps(CONFIG), "file:1/a\u0000b": "AAAA"}, "relative to the model's folder"),
     ],
 )
 def test_bad_load_parameters_are_refused(node: RunningNode, parameters: dict, message: str) -> None:
     r = requests.post(f"{node.url}/v2/repository/models/sent/load", json={"parameters": parameters}, timeout=30)
     assert r.status_code == 400 and message in r.json()["error"], r.text
     assert requests.get(f"{node.url}/v2/health/ready", timeout=10).ok
+    assert not any(Path(d, "sent").exists() for d in _leftovers())  # nothing left behind
 
 
 def test_grpc_refusal_is_invalid_argument(node: RunningNode) -> None:

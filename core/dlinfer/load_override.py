@@ -63,8 +63,16 @@ def parse_load_parameters(name: str, parameters: dict[str, Any], base64_files: b
     try:
         for rel, content in files.items():
             path = folder / _relative(rel)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(_content(rel, content, base64_files))
+            data = _content(rel, content, base64_files)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+            except (FileExistsError, NotADirectoryError, IsADirectoryError):
+                # One sent path is a folder of another ("file:1" and "file:1/model.onnx"): the client's mistake.
+                raise InvalidInput(
+                    f"load parameter 'file:{rel}': cannot be written, another file: path names a file or "
+                    "folder in its place"
+                ) from None
     except BaseException:
         shutil.rmtree(folder.parent, ignore_errors=True)
         raise
@@ -73,7 +81,14 @@ def parse_load_parameters(name: str, parameters: dict[str, Any], base64_files: b
 
 def _relative(rel: str) -> PurePosixPath:
     path = PurePosixPath(rel)
-    if not rel or path.is_absolute() or ".." in path.parts or "\\" in rel or rel.startswith("~"):
+    if (
+        not path.parts  # "" or ".": the model's folder itself
+        or path.is_absolute()
+        or ".." in path.parts
+        or "\\" in rel
+        or "\0" in rel
+        or rel.startswith("~")
+    ):
         raise InvalidInput(f"load parameter 'file:{rel}': the path must be relative to the model's folder")
     return path
 
