@@ -15,6 +15,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from dlinfer.api.testing import RunningNode, V2Client, node_config, onnx_linear_model, wait_for, write_model
+from dlinfer.server import STATE
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +112,19 @@ def test_settings_of_an_unknown_model_are_not_found(node: RunningNode) -> None:
     with pytest.raises(InferenceServerException, match="nosuch"):
         client.get_trace_settings(model_name="nosuch")
     client.close()
+
+
+def test_a_trace_file_that_cannot_be_written_does_not_fail_inference(tmp_path: Path) -> None:
+    write_model(tmp_path, "linear", 1, {"model.onnx": onnx_linear_model()})
+    unwritable = tmp_path / "traces"
+    unwritable.mkdir()  # a folder where the file should be: every write fails
+    with RunningNode(node_config(tmp_path, server={"trace_file": str(unwritable)})) as n:
+        client = httpclient.InferenceServerClient(n.url.removeprefix("http://"))
+        client.update_trace_settings(settings={"trace_level": ["TIMESTAMPS"], "trace_rate": "1"})
+        for _ in range(3):
+            inp = httpclient.InferInput("x", [1, 4], "FP32")
+            inp.set_data_from_numpy(np.ones((1, 4), np.float32))
+            assert client.infer("linear", [inp]).as_numpy("probs").shape == (1, 3)
+        tracer = n.app[STATE].tracer
+        assert tracer._pending == []  # failed records are dropped, not kept for ever
+        client.close()

@@ -14,6 +14,7 @@ fixed at start: a request must not choose where the server writes.
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from pathlib import Path
@@ -24,6 +25,8 @@ import orjson
 
 from .config import NodeConfig
 from .errors import InvalidInput
+
+log = logging.getLogger(__name__)
 
 LEVELS = ("OFF", "TIMESTAMPS")
 #: Setting name -> how a value is read (Triton sends numbers as strings).
@@ -178,10 +181,16 @@ class Tracer:
             self._flush()
 
     def _flush(self) -> None:
-        if self._pending and self.file:
-            with Path(self.file).open("ab") as f:
-                f.write(b"".join(self._pending))
-        self._pending.clear()
+        # A trace file that cannot be written loses these traces; it must not fail the request
+        # that finished them, nor keep them for a retry that would grow without bound.
+        try:
+            if self._pending and self.file:
+                with Path(self.file).open("ab") as f:
+                    f.write(b"".join(self._pending))
+        except OSError as exc:
+            log.error("cannot write %d traces to %s: %s", len(self._pending), self.file, exc.strerror or exc)
+        finally:
+            self._pending.clear()
 
 
 def trace_file(config: NodeConfig) -> str:
