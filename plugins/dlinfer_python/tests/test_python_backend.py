@@ -114,6 +114,49 @@ class TritonPythonModel:
         return out
 """
 
+RUNNING_SUM = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.sums = {}
+
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            x = pb_utils.get_input_tensor_by_name(r, "X").as_numpy()
+            start = pb_utils.get_input_tensor_by_name(r, "START").as_numpy().reshape(-1)
+            corrid = pb_utils.get_input_tensor_by_name(r, "CORRID").as_numpy().reshape(-1)
+            y = np.empty_like(x)
+            for i, key in enumerate(corrid.tolist()):
+                y[i] = (0 if start[i] else self.sums.get(key, 0)) + x[i]
+                self.sums[key] = y[i]
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", y)]))
+        return out
+"""
+
+SEQUENCE_BLS = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            x = pb_utils.get_input_tensor_by_name(r, "X").as_numpy()
+            flags = [pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START, pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END]
+            for flag in flags:  # a two-request sequence on the stateful model: its sum is 2 * x
+                response = pb_utils.InferenceRequest(
+                    model_name="running", inputs=[pb_utils.Tensor("X", x)], requested_output_names=["Y"],
+                    correlation_id=77, flags=flag).exec()
+                if response.has_error():
+                    raise pb_utils.TritonModelException(response.error().message())
+            out.append(pb_utils.InferenceResponse(response.output_tensors()))
+        return out
+"""
+
 FINALIZES = """
 import pathlib
 import triton_python_backend_utils as pb_utils
@@ -174,6 +217,19 @@ def _repository(repo: Path) -> None:
     _python_model(repo, "bls", BLS, _xy_config())
     _python_model(repo, "async_bls", ASYNC_BLS, _xy_config())
     write_model(repo, "ident", 1, {"model.onnx": onnx_identity_model("FP32")})
+    running = _xy_config()
+    running["input"] += [
+        {"name": "START", "datatype": "INT32", "shape": [1]},
+        {"name": "CORRID", "datatype": "UINT64", "shape": [1]},
+    ]
+    running["sequence_batching"] = {
+        "control_input": [
+            {"name": "START", "kind": "CONTROL_SEQUENCE_START", "int32_false_true": [0, 1]},
+            {"name": "CORRID", "kind": "CONTROL_SEQUENCE_CORRID", "data_type": "UINT64"},
+        ]
+    }
+    _python_model(repo, "running", RUNNING_SUM, running)
+    _python_model(repo, "sequence_bls", SEQUENCE_BLS, _xy_config())
 
 
 def _xy(client: Any, module: Any, model: str, x: np.ndarray) -> np.ndarray:
@@ -252,6 +308,13 @@ def test_bls_calls_an_onnx_model_of_the_same_node(client: tuple[Any, Any], node:
     # A BLS call to an unknown model comes back as an error response; the model re-raised it.
     with pytest.raises(InferenceServerException, match="unknown model 'no_such_model'"):
         _xy(c, mod, "bls", -x)
+
+
+def test_bls_correlation_id_and_flags_reach_a_stateful_model(client: tuple[Any, Any]) -> None:
+    """As in Triton, a BLS request's correlation_id and START/END flags are its sequence parameters."""
+    c, mod = client
+    x = np.array([[1, 2, 3]], dtype=np.float32)
+    np.testing.assert_array_equal(_xy(c, mod, "sequence_bls", x), x * 2)
 
 
 def test_async_bls_runs_calls_concurrently(client: tuple[Any, Any]) -> None:

@@ -273,6 +273,10 @@ class InferenceRequest:
         params = dict(self._parameters)
         if self._timeout:
             params["timeout"] = self._timeout  # microseconds, as the data plane reads it
+        if self._correlation_id:  # as in Triton: the request is part of a sequence of a stateful model
+            params["sequence_id"] = self._correlation_id
+            params["sequence_start"] = bool(self._flags & TRITONSERVER_REQUEST_FLAG_SEQUENCE_START)
+            params["sequence_end"] = bool(self._flags & TRITONSERVER_REQUEST_FLAG_SEQUENCE_END)
         request = _V2Request(
             inputs,
             id=self._request_id or None,
