@@ -80,6 +80,18 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
             "sequence_batching": {"control_input": controls("INT32")},
         },
     )
+    write_model(
+        root,
+        "acc_ensemble",
+        1,
+        config={
+            "format": "ensemble",
+            "max_batch_size": 4,
+            "input": [{"name": "IN", "datatype": "INT32", "shape": [1]}],
+            "output": [{"name": "OUTPUT", "datatype": "INT32", "shape": [1]}],
+            "ensemble": {"step": [{"model": "acc", "input_map": {"INPUT": "IN"}, "output_map": {"OUTPUT": "OUTPUT"}}]},
+        },
+    )
     cfg = node_config(root, plugins={"plugins_dir": str(PLUGINS_DIR)})
     with RunningNode(cfg, node_plugins(cfg)) as n:
         yield n
@@ -181,6 +193,18 @@ def test_an_id_out_of_the_corrid_range_is_invalid_argument(node: RunningNode) ->
         assert err.value.status() in ("400", "StatusCode.INVALID_ARGUMENT")
     out = step(http(node), "acc_i32", 3, sequence_id=2**31 - 1, sequence_start=True, sequence_end=True)
     assert out["CORRID_OUT"].tolist() == [[2**31 - 1]]
+
+
+def test_an_ensemble_passes_its_sequence_to_a_stateful_step(node: RunningNode) -> None:
+    """As in Triton, an ensemble's steps get the ensemble request's sequence_id and flags."""
+    client = grpc(node)
+    sums = []
+    for n, value in enumerate((4, 5, 6)):
+        x = grpcclient.InferInput("IN", [1, 1], "INT32")
+        x.set_data_from_numpy(np.array([[value]], np.int32))
+        result = client.infer("acc_ensemble", [x], sequence_id=6001, sequence_start=n == 0, sequence_end=n == 2)
+        sums.append(int(result.as_numpy("OUTPUT")[0, 0]))
+    assert sums == [4, 9, 15]
 
 
 def test_an_idle_sequence_is_released_and_its_slot_reused(node: RunningNode) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 #: The ``format`` (and metadata platform) of an ensemble.
 ENSEMBLE = "ensemble"
+
+#: The request parameters an ensemble passes on to its steps.
+_SEQUENCE_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end")
 
 
 def _step_name(i: int, step: EnsembleStep) -> str:
@@ -117,22 +120,28 @@ class EnsembleRunner(Runner):
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise InferenceError(f"ensemble {self.name!r} runs on the event loop, not in a worker thread")
 
-    async def run(self, inputs: dict[str, np.ndarray], deadline: float | None) -> dict[str, np.ndarray]:
-        """Run the steps stage by stage; ``deadline`` (``time.monotonic``) bounds every step."""
+    async def run(
+        self, inputs: dict[str, np.ndarray], deadline: float | None, parameters: Mapping[str, Any] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run the steps stage by stage; ``deadline`` (``time.monotonic``) bounds every step. As in
+        Triton, each step gets the request's sequence (``sequence_id``, ``sequence_start``,
+        ``sequence_end`` of ``parameters``), which a stateful step model needs."""
+        sequence = {k: v for k, v in (parameters or {}).items() if k in _SEQUENCE_PARAMETERS}
         tensors: dict[str, tuple[str, np.ndarray]] = {k: (v2_datatype(v.dtype), v) for k, v in inputs.items()}
         for stage in self.stages:
-            results = await asyncio.gather(*(self._step(i, tensors, deadline) for i in stage))
+            results = await asyncio.gather(*(self._step(i, tensors, deadline, sequence) for i in stage))
             for produced in results:
                 tensors.update(produced)
         return {t.name: tensors[t.name][1] for t in self.outputs}
 
     async def _step(
-        self, i: int, tensors: dict[str, tuple[str, np.ndarray]], deadline: float | None
+        self, i: int, tensors: dict[str, tuple[str, np.ndarray]], deadline: float | None, sequence: dict[str, Any]
     ) -> dict[str, tuple[str, np.ndarray]]:
         step = self.steps[i]
         request = InferenceRequest(
             [InferInput(k, *_wire(tensors[t])) for k, t in step.input_map.items()],
             outputs=[RequestedOutput(k) for k in step.output_map],
+            parameters=dict(sequence),
         )
         version = None if step.version == -1 else str(step.version)
         try:

@@ -415,7 +415,7 @@ class ServedModel:
         try:
             inputs = self.validate(request)
             if isinstance(self.runner, EnsembleRunner):  # its steps queue at their own models
-                outputs = await self.runner.run(inputs, deadline)
+                outputs = await self.runner.run(inputs, deadline, request.parameters)
             elif isinstance(self.scheduler, SequenceBatcher):
                 outputs = await self.scheduler.submit(inputs, deadline, request.parameters)
             else:
