@@ -3,17 +3,20 @@ against a node and through a gateway."""
 
 from __future__ import annotations
 
+import asyncio
 import queue
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
 from dlinfer.api import node_config_from_dict
 from dlinfer.api.testing import RunningNode, free_port, node_config, onnx_identity_model, wait_for, write_model
+from dlinfer.server.streams import MAX_OUTSTANDING, answer_stream
 
 N = 40
 
@@ -88,3 +91,44 @@ def test_a_failed_request_does_not_end_the_stream(targets: dict[str, str], targe
     assert len(out["errors"]) == 1 and "nosuch" in out["errors"][0]
     np.testing.assert_array_equal(out["b"], np.zeros((2, 2), np.float32))
     np.testing.assert_array_equal(out["a"], np.ones((1, 2), np.float32))
+
+
+@pytest.mark.parametrize("target", ["node", "gateway"])
+def test_a_failed_request_names_its_id(targets: dict[str, str], target: str) -> None:
+    """With many requests in flight, an error on the stream says which request failed."""
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    with grpc.insecure_channel(targets[target]) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        request = service_pb2.ModelInferRequest(model_name="nosuch", id="req-7")
+        (answer,) = list(stub.ModelStreamInfer(iter([request]), timeout=30))
+    assert "nosuch" in answer.error_message
+    assert answer.infer_response.id == "req-7" and answer.infer_response.model_name == "nosuch"
+
+
+def test_a_stream_is_not_read_past_its_outstanding_bound() -> None:
+    """A client that sends without reading answers cannot make the server start (and hold) more
+    than MAX_OUTSTANDING requests of its stream."""
+    started = 0
+
+    async def requests() -> AsyncIterator[bytes]:
+        for _ in range(4 * MAX_OUTSTANDING):
+            yield b"r"
+
+    async def answer(raw: bytes) -> bytes:
+        nonlocal started
+        started += 1
+        return raw
+
+    async def scenario() -> tuple[int, int]:
+        stream = answer_stream(requests(), answer)
+        await anext(stream)  # one answer read, then none
+        for _ in range(100):  # give the reader every chance to run ahead
+            await asyncio.sleep(0)
+        held = started
+        rest = [a async for a in stream]
+        return held, 1 + len(rest)
+
+    held, total = asyncio.run(scenario())
+    assert held <= MAX_OUTSTANDING + 1
+    assert total == 4 * MAX_OUTSTANDING

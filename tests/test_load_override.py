@@ -123,3 +123,21 @@ def test_through_a_gateway(node: RunningNode, gateway_config: Callable[[list[str
         assert _probs(_http(node), httpclient, "sent").shape == (2, 3)  # loaded on the node
         client.unload_model("sent")
         client.close()
+
+
+def test_poll_mode_keeps_a_model_sent_with_its_files(tmp_path: Path) -> None:
+    """A model loaded with files is not on disk; the repository poll must not unload it as gone."""
+    config = node_config(tmp_path, repository={"control_mode": "poll", "poll_interval_s": 0.1})
+    with RunningNode(config) as n:
+        client = _http(n)
+        client.load_model("sent", config=json.dumps(CONFIG), files={"file:1/model.onnx": MODEL})
+        polls = 0
+
+        def polled_a_few_times() -> bool:
+            nonlocal polls
+            polls += 1
+            return polls > 5 and client.is_model_ready("sent")
+
+        wait_for(polled_a_few_times, "several polls", interval_s=0.1)
+        assert _probs(client, httpclient, "sent").shape == (2, 3)
+        client.close()

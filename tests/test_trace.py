@@ -128,3 +128,10 @@ def test_a_trace_file_that_cannot_be_written_does_not_fail_inference(tmp_path: P
         tracer = n.app[STATE].tracer
         assert tracer._pending == []  # failed records are dropped, not kept for ever
         client.close()
+
+
+def test_null_resets_a_node_setting_to_its_start_value(node: RunningNode) -> None:
+    client = httpclient.InferenceServerClient(node.url.removeprefix("http://"))
+    client.update_trace_settings(settings={"trace_rate": "7"})
+    assert client.update_trace_settings(settings={"trace_rate": None})["trace_rate"] == "1000"
+    client.close()

@@ -22,7 +22,7 @@ from .config import NodeConfig
 from .datatypes import element_count
 from .errors import InvalidInput, ModelNotFound, ModelNotReady, Unauthenticated
 from .inference import InferenceRequest, InferenceResponse
-from .load_override import parse_load_parameters
+from .load_override import LoadOverride, parse_load_parameters
 from .repository import ModelRepository, ServedModel, check_name
 from .shared_memory import SharedMemoryRegions
 from .tracing import Trace, Tracer, trace_file
@@ -74,6 +74,11 @@ def check_token(config: NodeConfig, authorization: str | None, what: str) -> Non
     scheme, _, given = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
         raise Unauthenticated(f"{what} needs 'Authorization: Bearer <token>' with the node's control token")
+
+
+def _discard_written(parsing: asyncio.Future[LoadOverride | None]) -> None:
+    if not parsing.cancelled() and parsing.exception() is None and (override := parsing.result()) is not None:
+        override.discard()
 
 
 class Lease:
@@ -234,7 +239,12 @@ class DataPlane:
         (:mod:`dlinfer.load_override`), which replace the repository's until the next plain load."""
         check_control(self.config, authorization)
         check_name(name)
-        override = await asyncio.to_thread(parse_load_parameters, name, parameters or {}, base64_files)
+        parsing = asyncio.ensure_future(asyncio.to_thread(parse_load_parameters, name, parameters or {}, base64_files))
+        try:
+            override = await asyncio.shield(parsing)
+        except asyncio.CancelledError:  # the files may still be written: remove them once they are
+            parsing.add_done_callback(_discard_written)
+            raise
         if override is None or override.folder is None:
             self.repository.model_dir(name)
         await self.repository.load_with(name, override)

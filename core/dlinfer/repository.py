@@ -492,6 +492,10 @@ class Fingerprint:
     versions: dict[int, tuple[Any, ...]]
 
 
+#: ``_load``'s "leave the model's load override as it is" (poll-mode reloads, plain ``load``).
+_KEEP = object()
+
+
 class ModelRepository:
     """All models of a node: what is on disk and what is loaded."""
 
@@ -621,6 +625,10 @@ class ModelRepository:
             except Exception:  # one bad scan must not stop polling
                 log.exception("repository poll failed")
 
+    def _sent_models(self) -> set[str]:
+        """Models served from files a load request sent: not on disk, and not for polling to unload."""
+        return {name for name, override in self._overrides.items() if override.folder is not None}
+
     async def poll(self) -> None:
         """Apply what changed on disk since the last scan.
 
@@ -642,7 +650,7 @@ class ModelRepository:
                 await self.load(name, keep_unchanged=True)
             except DlinferError as exc:
                 log.error("model %s: %s", name, exc)
-        for name in sorted(set(self._fingerprints) - on_disk):
+        for name in sorted(set(self._fingerprints) - on_disk - self._sent_models()):
             log.info("model %s left the repository; unloading", name)
             with contextlib.suppress(ModelNotFound):
                 await self.unload(name)
@@ -661,35 +669,55 @@ class ModelRepository:
         leaves the old versions serving. Raises :class:`ModelLoadError` if no
         version could be loaded; the index keeps the per-version reasons either way.
         """
+        return await self._load(name, keep_unchanged, _KEEP)
+
+    async def _load(
+        self, name: str, keep_unchanged: bool, override: LoadOverride | object | None
+    ) -> list[VersionStatus]:
+        """:meth:`load`; ``override`` (unless ``_KEEP``) replaces the model's load override under the
+        model's lock, so a concurrent load or unload cannot pair one request's config with another's files."""
         check_name(name)
         self._held.discard(name)
+        previous: LoadOverride | None = None
         async with self._lock(name):
-            old = self._models.get(name, {})
-            if not old:
-                self._status[name] = [VersionStatus(name, None, LOADING)]
-            keep = (old, self._fingerprints.get(name)) if keep_unchanged else None
-            loaded, statuses, fingerprint = await asyncio.to_thread(self._load_sync, name, keep)
-            self._fingerprints[name] = fingerprint
-            if not loaded and keep_unchanged and old:
-                log.error("model %s: reload failed, the loaded versions keep serving", name)
-                self._status[name] = [VersionStatus(name, v, READY) for v in old] + statuses
-                loaded = old
-            else:
-                # Announced before they take traffic, so metrics and other observers see every request.
-                for v, m in loaded.items():
-                    if old.get(v) is not m:
-                        self.plugins.hook.dlinfer_model_loaded(model=m)
-                self._models[name] = loaded
-                self._status[name] = statuses
-            for v, m in old.items():
-                if loaded.get(v) is not m:
-                    await m.close()
-                    if v not in loaded:  # a version replaced under the same number is still served
-                        self.plugins.hook.dlinfer_model_unloaded(name=name, version=v)
+            if override is not _KEEP:
+                previous = self._overrides.pop(name, None)
+                if isinstance(override, LoadOverride):
+                    self._overrides[name] = override
+            try:
+                loaded, statuses = await self._load_locked(name, keep_unchanged)
+            finally:
+                if previous is not None and previous is not override:
+                    previous.discard()
         if not loaded:
             reasons = "; ".join(f"version {s.version}: {s.reason}" if s.version else s.reason for s in statuses)
             raise ModelLoadError(f"model {name!r} failed to load: {reasons}")
         return statuses
+
+    async def _load_locked(self, name: str, keep_unchanged: bool) -> tuple[dict[int, ServedModel], list[VersionStatus]]:
+        old = self._models.get(name, {})
+        if not old:
+            self._status[name] = [VersionStatus(name, None, LOADING)]
+        keep = (old, self._fingerprints.get(name)) if keep_unchanged else None
+        loaded, statuses, fingerprint = await asyncio.to_thread(self._load_sync, name, keep)
+        self._fingerprints[name] = fingerprint
+        if not loaded and keep_unchanged and old:
+            log.error("model %s: reload failed, the loaded versions keep serving", name)
+            self._status[name] = [VersionStatus(name, v, READY) for v in old] + statuses
+            loaded = old
+        else:
+            # Announced before they take traffic, so metrics and other observers see every request.
+            for v, m in loaded.items():
+                if old.get(v) is not m:
+                    self.plugins.hook.dlinfer_model_loaded(model=m)
+            self._models[name] = loaded
+            self._status[name] = statuses
+        for v, m in old.items():
+            if loaded.get(v) is not m:
+                await m.close()
+                if v not in loaded:  # a version replaced under the same number is still served
+                    self.plugins.hook.dlinfer_model_unloaded(name=name, version=v)
+        return loaded, statuses
 
     def _load_sync(
         self, name: str, keep: tuple[dict[int, ServedModel], Fingerprint | None] | None = None
@@ -776,14 +804,7 @@ class ModelRepository:
     async def load_with(self, name: str, override: LoadOverride | None) -> list[VersionStatus]:
         """A load from the control API: with ``override`` its config (and files) replace the
         repository's until the next plain load; without, the repository's are used again."""
-        previous = self._overrides.pop(name, None)
-        if override is not None:
-            self._overrides[name] = override
-        try:
-            return await self.load(name)
-        finally:
-            if previous is not None and previous is not override:
-                previous.discard()
+        return await self._load(name, False, override)
 
     async def unload(self, name: str) -> None:
         """Stop serving a model; in-flight requests finish first, then memory is freed."""

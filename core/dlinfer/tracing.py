@@ -110,11 +110,8 @@ class Tracer:
             if key not in _SETTINGS:
                 raise InvalidInput(f"unknown trace setting {key!r}; known: {', '.join(_SETTINGS)}")
             if value is None:
-                if not model:
-                    raise InvalidInput(
-                        f"trace setting {key!r}: null clears a model's setting; the node's needs a value"
-                    )
-                parsed[key] = None
+                # A model's setting falls back to the node's; the node's to its value at start.
+                parsed[key] = None if model or key not in _FIELD else getattr(TraceSettings(), _FIELD[key])
             elif key == "trace_file":
                 if _one(value) != self.file:
                     raise InvalidInput("trace_file cannot be set by a request; it is server.trace_file in node.toml")
@@ -139,7 +136,7 @@ class Tracer:
                     else:
                         table[key] = value
             else:
-                self.node = attrs.evolve(self.node, **{_FIELD[k]: v for k, v in parsed.items()})
+                self.node = attrs.evolve(self.node, **{_FIELD[k]: v for k, v in parsed.items() if k in _FIELD})
             self._effective.clear()
             self._left.clear()
             self.active = self.node.on or any(self._settings_of(m).on for m in self.models)

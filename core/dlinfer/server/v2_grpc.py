@@ -303,27 +303,33 @@ class V2Servicer:
 
         Each request starts as it arrives (in arrival order, so a sequence's
         requests reach the scheduler in order) and is answered as it finishes,
-        with its ``id``; a request that fails answers ``error_message`` and the
-        stream goes on. The stream's own deadline bounds every request on it.
+        with its ``id``; a request that fails answers ``error_message`` (with the
+        request's ``id`` and model in ``infer_response``) and the stream goes on.
+        What is left of the stream's deadline bounds each request when it starts.
         """
-        deadline_s = context.time_remaining()
-        async for answer in answer_stream(requests, lambda raw: self._stream_answer(raw, deadline_s)):
+        async for answer in answer_stream(requests, lambda raw: self._stream_answer(raw, context)):
             yield answer
 
-    async def _stream_answer(self, raw: bytes, deadline_s: float | None) -> Any:
+    async def _stream_answer(self, raw: bytes, context: Any) -> Any:
         """One request of a stream answered: its response, or its error as ``error_message``."""
+        request = None
         try:
             try:
                 request = pb.ModelInferRequest.FromString(raw)
             except DecodeError as exc:
                 raise InvalidInput(f"malformed ModelInferRequest message: {exc}") from None
-            return pb.ModelStreamInferResponse(infer_response=await self._infer(request, deadline_s))
+            return pb.ModelStreamInferResponse(infer_response=await self._infer(request, context.time_remaining()))
         except DlinferError as exc:
-            return pb.ModelStreamInferResponse(error_message=exc.message)
+            message = exc.message
         except Exception as exc:
             log.exception("unhandled error in ModelStreamInfer")
             message = self.repository.client_text(f"internal error: {type(exc).__name__}: {exc}")
-            return pb.ModelStreamInferResponse(error_message=message)
+        answer = pb.ModelStreamInferResponse(error_message=message)
+        if request is not None:  # so a client with many requests in flight knows which one failed
+            answer.infer_response.id = request.id
+            answer.infer_response.model_name = request.model_name
+            answer.infer_response.model_version = request.model_version
+        return answer
 
     @_rpc(pb.TraceSettingRequest)
     async def TraceSetting(self, request: Any, context: Any) -> Any:

@@ -325,9 +325,17 @@ class GrpcGateway:
                 # ModelStreamInferResponse.infer_response (field 2) holds the node's answer as it came.
                 return _length_delimited(2, response)
             except DlinferError as exc:
-                return _serialize(pb.ModelStreamInferResponse(error_message=exc.message))
+                message = exc.message
             except Answered as answered:
-                return _serialize(pb.ModelStreamInferResponse(error_message=answered.details))
+                message = answered.details
+            failed = pb.ModelStreamInferResponse(error_message=message)
+            try:  # the request's id (field 3) and model, so the client knows which request failed
+                name, version_text = model_and_version(raw)
+                failed.infer_response.id = _text(_fields(raw).get(3))
+                failed.infer_response.model_name, failed.infer_response.model_version = name, version_text
+            except InvalidInput:
+                pass
+            return _serialize(failed)
 
         async for reply in answer_stream(requests, answer):
             yield reply
