@@ -375,3 +375,19 @@ def test_json_request_with_shared_memory(node: RunningNode, regions: Any) -> Non
         assert r.status_code == 400 and "'byte_size' must be a non-negative integer" in r.json()["error"]
     finally:
         requests.post(f"{url}/unregister")
+
+
+def test_a_shrunk_object_is_refused_not_a_crash(client: Any, protocol: str, regions: Any) -> None:
+    """A client that makes a registered object smaller gets a clear error for requests on it; the
+    server does not touch pages past the object's end (which would kill it with SIGBUS)."""
+    x = np.ones((64, 64), np.float32)
+    regions("shrinks", x.nbytes)
+    client.register_system_shared_memory("shrinks", _key("shrinks"), x.nbytes)
+    os.truncate(f"/dev/shm/{_key('shrinks').lstrip('/')}", 16)
+    lib = _lib(protocol)
+    i = lib.InferInput("x", list(x.shape), "FP32")
+    i.set_shared_memory("shrinks", x.nbytes)
+    with pytest.raises(InferenceServerException, match="smaller than the region"):
+        client.infer("id_fp32", [i])
+    assert client.is_server_live()
+    client.unregister_system_shared_memory("shrinks")

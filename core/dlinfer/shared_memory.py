@@ -64,6 +64,8 @@ class Region:
     mapping: mmap.mmap
     #: Where the region starts in :attr:`map`.
     start: int
+    #: The object, kept open to see its size before each access (see :meth:`check_size`).
+    fd: int = -1
 
     def status(self) -> dict[str, Any]:
         return {"name": self.name, "key": self.key, "offset": self.offset, "byte_size": self.byte_size}
@@ -79,10 +81,24 @@ class Region:
                 f"{tensor}: shared_memory_offset {offset} + shared_memory_byte_size {size} is beyond "
                 f"the {self.byte_size} bytes of shared memory region {self.name!r}"
             )
+        self.check_size(tensor)
         at = self.start + offset
         return memoryview(self.mapping)[at : at + size]
 
+    def check_size(self, tensor: str) -> None:
+        """Refuse a region whose object was made smaller than the region since it was registered:
+        touching mapped pages past the object's end would kill the process (SIGBUS). A client
+        shrinking it during the very access is not caught; only trusted clients should have it."""
+        if self.fd >= 0 and os.fstat(self.fd).st_size < self.offset + self.byte_size:
+            raise InvalidInput(
+                f"{tensor}: shared memory object {self.key!r} of region {self.name!r} is now smaller than the "
+                f"region; register it again"
+            )
+
     def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
         try:
             self.mapping.close()
         except BufferError:  # a request in flight still uses it: unmapped when its views are released
@@ -115,6 +131,8 @@ class Target:
     region: str
     view: memoryview
     offset: int
+    #: The region itself, to check its object's size again just before writing.
+    source: Region | None = None
 
 
 class SharedMemoryRegions:
@@ -168,9 +186,15 @@ class SharedMemoryRegions:
                 )
             start = offset - offset % mmap.ALLOCATIONGRANULARITY
             mapped = mmap.mmap(fd, offset + byte_size - start, offset=start)
-        finally:
+        except (OSError, ValueError) as exc:
             os.close(fd)
-        self._regions[name] = Region(name, key, offset, byte_size, mapped, offset - start)
+            raise InvalidInput(
+                f"shared memory region {name!r}: cannot map shared memory object {key!r}: {exc}"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        self._regions[name] = Region(name, key, offset, byte_size, mapped, offset - start, fd)
 
     def unregister(self, name: str = "") -> None:
         """Unmap ``name`` (every region when empty). An unknown name is no error, as in Triton:
@@ -238,7 +262,7 @@ class SharedMemoryRegions:
         for out in request.outputs:
             if names_region(out.parameters):
                 region, view, offset = self._span(f"output {out.name!r}", out.parameters)
-                targets[out.name] = Target(region.name, view, offset)
+                targets[out.name] = Target(region.name, view, offset, region)
         return targets
 
     @staticmethod
@@ -257,6 +281,8 @@ class SharedMemoryRegions:
                     f"output {out.name!r}: {size} bytes do not fit in the shared_memory_byte_size of "
                     f"{len(target.view)} bytes in shared memory region {target.region!r}"
                 )
+            if target.source is not None:
+                target.source.check_size(f"output {out.name!r}")
             target.view[:size] = raw
             params = {**out.parameters, REGION: target.region, BYTE_SIZE: size}
             if target.offset:
