@@ -86,6 +86,9 @@ def _repository(repo: Path) -> None:
         "unmapped_input": [{"model": "ident", "input_map": {"x": "nowhere"}, "output_map": {"y": "OUT"}}],
         "unproduced_output": [{"model": "ident", "input_map": {"x": "IN"}, "output_map": {"y": "OTHER"}}],
         "no_steps": [],
+        # Two ensembles that run each other: every request would call itself until its deadline.
+        "loop_a": [{"model": "loop_b", "input_map": {"IN": "IN"}, "output_map": {"OUT": "OUT"}}],
+        "loop_b": [{"model": "loop_a", "input_map": {"IN": "IN"}, "output_map": {"OUT": "OUT"}}],
     }
     for name, steps in bad.items():
         write_model(repo, name, 1, config=_ensemble(steps))
@@ -151,6 +154,8 @@ def test_a_step_asking_an_output_its_model_lacks_fails_the_request_naming_the_st
         ("unmapped_input", "tensor 'nowhere', which is neither an ensemble input nor any step's output"),
         ("unproduced_output", "output 'OUT' is not in any step's output_map"),
         ("no_steps", "has no steps"),
+        ("loop_a", "ensemble 'loop_a' calls itself: loop_a -> loop_b -> loop_a"),
+        ("loop_b", "ensemble 'loop_b' calls itself: loop_b -> loop_a -> loop_b"),
     ],
 )
 def test_bad_ensembles_are_refused_at_load(node: RunningNode, model: str, reason: str) -> None:

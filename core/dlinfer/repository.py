@@ -798,8 +798,29 @@ class ModelRepository:
         def on_disk(model: str) -> bool:
             return bool(NAME_RE.match(model)) and (self.root / model).is_dir()
 
+        self._check_ensemble_cycle(name, cfg)
         runner = EnsembleRunner(name, cfg, DataPlane(self), on_disk)
         return ServedModel(name, version, cfg, runner, self.plugins, ENSEMBLE)
+
+    def _check_ensemble_cycle(self, name: str, cfg: ModelConfig) -> None:
+        """Refuse an ensemble that reaches itself through other ensembles (A -> B -> A): every
+        request would call itself until its deadline."""
+        path = [name]
+
+        def visit(config: ModelConfig) -> None:
+            for step in config.ensemble.step if config.ensemble is not None else ():
+                if step.model in path:
+                    raise ModelLoadError(f"ensemble {name!r} calls itself: {' -> '.join([*path, step.model])}")
+                try:
+                    inner = self.read_config(step.model)
+                except DlinferError:
+                    continue  # a step model that does not load is reported by its own load
+                if inner.ensemble is not None:
+                    path.append(step.model)
+                    visit(inner)
+                    path.pop()
+
+        visit(cfg)
 
     async def load_with(self, name: str, override: LoadOverride | None) -> list[VersionStatus]:
         """A load from the control API: with ``override`` its config (and files) replace the
