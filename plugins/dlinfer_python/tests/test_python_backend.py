@@ -349,3 +349,33 @@ def test_a_model_py_without_triton_python_model_is_a_load_error(tmp_path: Path) 
     reasons = {e["name"]: e["reason"] for e in index}
     assert "defines no class TritonPythonModel" in reasons["empty"]
     assert "failed to import: ModuleNotFoundError" in reasons["broken"]
+
+
+SCALES_BY_HELPER = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+import helper
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy()
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", (x * helper.VALUE).astype(np.float32))]))
+        return out
+"""
+
+
+def test_each_model_imports_its_own_helper_modules(tmp_path: Path) -> None:
+    """Two models with a helper module of the same name each get their own (Triton runs each
+    model in its own process; here the helpers must not be shared through sys.modules)."""
+    for name, value in (("scale_a", 2), ("scale_b", 3)):
+        files = {"model.py": textwrap.dedent(SCALES_BY_HELPER).encode(), "helper.py": f"VALUE = {value}\n".encode()}
+        write_model(tmp_path, name, 1, files, _xy_config())
+    with RunningNode(node_config(tmp_path, **ALLOW)) as n:
+        c = httpclient.InferenceServerClient(f"127.0.0.1:{n.config.server.http_port}")
+        x = np.ones((1, 3), np.float32)
+        np.testing.assert_array_equal(_xy(c, httpclient, "scale_a", x), 2 * x)
+        np.testing.assert_array_equal(_xy(c, httpclient, "scale_b", x), 3 * x)

@@ -17,6 +17,7 @@ its backend runs, so the tensors must be stated in the model's config, as with T
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import inspect
 import itertools
@@ -118,14 +119,27 @@ def _import_model(path: Path, name: str) -> ModuleType:
         raise ModelLoadError(f"{name}: cannot import model.py")
     module = importlib.util.module_from_spec(spec)
     with _import_lock:
+        before = set(sys.modules)
         sys.path.insert(0, str(path))
         try:
             spec.loader.exec_module(module)
         except Exception as exc:
             raise ModelLoadError(f"{name}/model.py failed to import: {type(exc).__name__}: {exc}") from exc
         finally:
-            sys.path.remove(str(path))
+            with contextlib.suppress(ValueError):  # model.py may have taken its folder off the path itself
+                sys.path.remove(str(path))
+            _forget_local_modules(path, set(sys.modules) - before)
     return module
+
+
+def _forget_local_modules(path: Path, names: set[str]) -> None:
+    """Drop the helper modules a model imported from its own folder from ``sys.modules``: the model
+    keeps them, and another model's (or the next version's) helper of the same name is its own."""
+    folder = path.resolve()
+    for mod_name in names:
+        file = getattr(sys.modules.get(mod_name), "__file__", None)
+        if file and Path(file).resolve().is_relative_to(folder):
+            del sys.modules[mod_name]
 
 
 class PythonRunner(Runner):
