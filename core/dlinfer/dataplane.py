@@ -27,6 +27,20 @@ from .repository import ModelRepository, ServedModel, check_name
 from .shared_memory import SharedMemoryRegions
 from .tracing import Trace, Tracer, trace_file
 
+#: The V2 protocol extensions every frontend (HTTP and gRPC) offers; :meth:`DataPlane.extensions`
+#: adds those that depend on the node's settings.
+EXTENSIONS = (
+    "logging",
+    "trace",
+    "model_repository",
+    "model_configuration",
+    "statistics",
+    "binary_tensor_data",
+    "classification",
+    "sequence",
+    "parameters",
+)
+
 
 def version_arg(version: str | int | None) -> str | None:
     """A version path segment or field: empty means latest; otherwise a positive integer."""
@@ -166,9 +180,7 @@ class DataPlane:
     )
 
     #: Per-request timestamps (the trace extension), written to ``server.trace_file``.
-    tracer: Tracer = attrs.field(
-        default=attrs.Factory(lambda self: Tracer(trace_file(self.config)), takes_self=True)
-    )
+    tracer: Tracer = attrs.field(default=attrs.Factory(lambda self: Tracer(trace_file(self.config)), takes_self=True))
 
     @property
     def config(self) -> NodeConfig:
@@ -198,6 +210,10 @@ class DataPlane:
     @property
     def ready(self) -> bool:
         return not self.not_ready_reason
+
+    def extensions(self) -> list[str]:
+        """The V2 extensions this node offers, as server metadata announces them."""
+        return [*EXTENSIONS, "system_shared_memory"] if self.shared_memory.enabled else list(EXTENSIONS)
 
     def ready_model(self, name: str, version: str | int | None = None) -> ServedModel:
         """The model version a model-ready check reports on: unknown ones raise :class:`ModelNotFound`,

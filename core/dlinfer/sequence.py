@@ -32,7 +32,7 @@ import numpy as np
 from .datatypes import V2_TO_NUMPY
 from .errors import DeadlineExceeded, InferenceError, InvalidInput, Unavailable
 from .model import SEQUENCE_CORRID, SEQUENCE_END, SEQUENCE_READY, SEQUENCE_START, SequenceBatching
-from .scheduler import QUEUED, RUNNING, WITHDRAWN, Batch, _Admission, _deadline_timeout, _merge_key, _rows
+from .scheduler import QUEUED, RUNNING, WITHDRAWN, Batch, _Admission, _deadline_timeout, _fail, _merge_key, _rows
 
 #: A sequence id as clients give it: a positive integer (uint64) or a non-empty string.
 SequenceId = int | str
@@ -415,8 +415,3 @@ class SequenceBatcher(_Admission):
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join()
-
-
-def _fail(future: asyncio.Future[Batch], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)

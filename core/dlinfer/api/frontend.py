@@ -45,12 +45,12 @@ from __future__ import annotations
 
 from .. import __version__ as SERVER_VERSION
 from ..builtin.json_codec import json_floats, load_object, tensor_from_json
+from ..dataplane import EXTENSIONS as V2_GRPC_EXTENSIONS
 from ..dataplane import DataPlane, Lease, version_arg
 from ..repository import ModelRepository, ServedModel, check_name
 from ..server.app import CONFIG, PLUGINS, STATE
 from ..server.proto import inference_pb2 as v2_pb
 from ..server.streams import answer_stream
-from ..server.v2_grpc import EXTENSIONS as V2_GRPC_EXTENSIONS
 from ..server.v2_grpc import SERVICE as V2_GRPC_SERVICE
 from ..server.v2_http import index_ready_only, json_response, read_body
 from ..server.v2_http import server_routes as v2_server_routes

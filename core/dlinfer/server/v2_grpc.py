@@ -58,17 +58,6 @@ METHODS = (
     "LogSettings",
     "TraceSetting",
 )
-EXTENSIONS = [
-    "logging",
-    "trace",
-    "model_repository",
-    "model_configuration",
-    "statistics",
-    "binary_tensor_data",
-    "classification",
-    "sequence",
-    "parameters",
-]
 
 #: Triton's CUDA shared memory methods, answered UNIMPLEMENTED (no GPU memory regions here).
 CUDA_SHARED_MEMORY_METHODS = ("CudaSharedMemoryStatus", "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister")
@@ -263,7 +252,7 @@ class V2Servicer:
 
     @_rpc(pb.ServerMetadataRequest)
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
-        extensions = [*EXTENSIONS, "system_shared_memory"] if self.state.shared_memory.enabled else EXTENSIONS
+        extensions = self.state.extensions()
         return pb.ServerMetadataResponse(name=self.config.server.name, version=__version__, extensions=extensions)
 
     @_rpc(pb.ModelMetadataRequest)

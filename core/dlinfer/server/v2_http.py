@@ -22,19 +22,6 @@ from .content_encoding import content_encoding, encode_response, read_decoded
 from .expect import expect_handler
 from .model_config import extension_config
 
-EXTENSIONS = [
-    "logging",
-    "trace",
-    "model_repository",
-    "model_configuration",
-    "statistics",
-    "binary_tensor_data",
-    "classification",
-    "sequence",
-    "parameters",
-    "plugins",
-]
-
 
 def json_response(doc: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(doc), content_type="application/json")
@@ -48,7 +35,7 @@ routes = web.RouteTableDef()
 
 @server_routes.get("/v2")
 async def server_metadata(request: web.Request) -> web.Response:
-    extensions = [*EXTENSIONS, "system_shared_memory"] if request.app[STATE].shared_memory.enabled else EXTENSIONS
+    extensions = [*request.app[STATE].extensions(), "plugins"]  # /v2/-/plugins is HTTP's own
     return json_response({"name": request.app[CONFIG].server.name, "version": __version__, "extensions": extensions})
 
 
@@ -248,11 +235,7 @@ async def load_parameters(request: web.Request) -> dict[str, Any]:
     body = await read_body(request)
     if not body.strip():
         return {}
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"malformed JSON: {exc}") from None
-    parameters = doc.get("parameters", {}) if isinstance(doc, dict) else None
+    parameters = load_object(body).get("parameters", {})
     if not isinstance(parameters, dict):
         raise InvalidInput('expected {"parameters": {"config": "...", "file:<path>": "<base64>"}}')
     return parameters
@@ -297,12 +280,7 @@ async def get_log_settings(request: web.Request) -> web.Response:
 async def update_log_settings(request: web.Request) -> web.Response:
     """The logging extension: change log verbosity (the control token, when set, is required)."""
     check_token(request.app[CONFIG], request.headers.get("Authorization"), "changing log settings")
-    try:
-        doc = orjson.loads(await read_body(request) or b"{}")
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"malformed JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidInput("expected a JSON object of log settings")
+    doc = load_object(await read_body(request) or b"{}")
     return json_response(log_settings.update(doc))
 
 
