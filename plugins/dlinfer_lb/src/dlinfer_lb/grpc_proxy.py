@@ -16,7 +16,7 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -68,10 +68,9 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(buf: bytes) -> dict[int, bytes | int]:
-    """The top-level fields of a protobuf message: length-delimited ones as bytes, varints as ints
-    (the last occurrence wins, as in protobuf); fixed-width fields are skipped."""
-    found: dict[int, bytes | int] = {}
+def _walk(buf: bytes) -> Iterator[tuple[int, bytes | int]]:
+    """The top-level fields of a protobuf message in wire order: length-delimited ones as bytes,
+    varints as ints; fixed-width fields are skipped."""
     pos = 0
     while pos < len(buf):
         key, pos = _varint(buf, pos)
@@ -80,17 +79,22 @@ def _fields(buf: bytes) -> dict[int, bytes | int]:
             n, pos = _varint(buf, pos)
             if pos + n > len(buf):
                 raise InvalidInput("malformed request message: truncated field")
-            found[field] = buf[pos : pos + n]
+            yield field, buf[pos : pos + n]
             pos += n
         elif wire == 0:
-            found[field], pos = _varint(buf, pos)
+            value, pos = _varint(buf, pos)
+            yield field, value
         elif wire == 1:
             pos += 8
         elif wire == 5:
             pos += 4
         else:
             raise InvalidInput(f"malformed request message: wire type {wire}")
-    return found
+
+
+def _fields(buf: bytes) -> dict[int, bytes | int]:
+    """The top-level fields of a protobuf message (the last occurrence wins, as in protobuf)."""
+    return dict(_walk(buf))
 
 
 def _text(value: bytes | int | None) -> str:
@@ -123,24 +127,12 @@ def _infer_parameters(buf: bytes) -> dict[str, Any]:
     """The sequence entries of a ``ModelInferRequest``'s ``parameters`` map (field 4: entries with a
     string key, 1, and an ``InferParameter`` value, 2), read off the wire without touching tensors."""
     params: dict[str, Any] = {}
-    pos = 0
-    while pos < len(buf):
-        key, pos = _varint(buf, pos)
-        field, wire = key >> 3, key & 7
-        if wire == 2:
-            n, pos = _varint(buf, pos)
-            if field == 4:
-                entry = _fields(buf[pos : pos + n])
-                name = entry.get(1)
-                if isinstance(name, bytes) and name.startswith(b"sequence_"):
-                    params[name.decode(errors="replace")] = _parameter_value(_bytes(entry.get(2)))
-            pos += n
-        elif wire == 0:
-            _, pos = _varint(buf, pos)
-        elif wire in (1, 5):
-            pos += 8 if wire == 1 else 4
-        else:
-            raise InvalidInput(f"malformed request message: wire type {wire}")
+    for field, value in _walk(buf):
+        if field == 4 and isinstance(value, bytes):
+            entry = _fields(value)
+            name = entry.get(1)
+            if isinstance(name, bytes) and name.startswith(b"sequence_"):
+                params[name.decode(errors="replace")] = _parameter_value(_bytes(entry.get(2)))
     return params
 
 
