@@ -8,19 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from dlinfer.plugins import Plugins
 from dlinfer.testing import RunningNode, node_config, onnx_linear_model, write_model
 
-
-def samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = requests.get(f"{url}/metrics", timeout=10).text
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-    }
+from .test_scheduler import scrape as samples
 
 
 def labels(model: str, **extra: str) -> tuple[tuple[str, str], ...]:

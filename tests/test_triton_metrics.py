@@ -7,18 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from dlinfer.api.testing import RunningNode, V2Client, node_config, onnx_linear_model, write_model
 
-
-def _scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = requests.get(f"{url}/metrics", timeout=10).text
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-    }
+from .test_scheduler import scrape
 
 
 def _serve_and_scrape(root: Path, **tables: dict) -> dict:
@@ -29,7 +21,7 @@ def _serve_and_scrape(root: Path, **tables: dict) -> dict:
             client.infer("linear", {"x": np.ones((2, 4), np.float32)})
         bad = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 5], "data": [0] * 5}]}
         assert requests.post(f"{node.url}/v2/models/linear/infer", json=bad, timeout=10).status_code == 400
-        return _scrape(node.url)
+        return scrape(node.url)
 
 
 def test_triton_names_mirror_the_dlinfer_series(tmp_path: Path) -> None:
